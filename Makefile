@@ -1,0 +1,18 @@
+# The two commands (see README): `make run` and `make test`. Both create .venv on first use and are idempotent.
+SHELL := /bin/bash
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+PY := .venv/bin/python
+
+.PHONY: run test setup
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(PY) -m rlpt.cli eval $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)

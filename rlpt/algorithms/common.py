@@ -1,0 +1,81 @@
+"""Tensor helpers shared by the algorithm modules: masked reductions and per-token logprobs / entropy.
+
+Alignment convention (same as `TrainBatch`): for a row of token ids `ids[0..T-1]`, output position t holds a
+statistic of the distribution that produced token t, i.e. the model's prediction from `logits[t - 1]`.
+Position 0 has no predictor and is 0.0; the loss mask never covers it (it is a prompt token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of `x` where `mask` is true (or nonzero). Masked positions contribute exactly nothing.
+
+    `torch.where` (not `x * mask`) so inf/NaN at masked positions neither leak into the value (inf * 0 = NaN)
+    nor into the gradient (the where backward routes an exact 0 to the unselected branch).
+    """
+    selected = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return selected.sum() if dim is None else selected.sum(dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of `x` over the positions where `mask` is true; 0.0 (still part of the graph) when none are.
+
+    >>> masked_mean(torch.tensor([1.0, 2.0, float("nan")]), torch.tensor([True, True, False])).item()
+    1.5
+    """
+    count = mask.bool().sum() if dim is None else mask.bool().sum(dim=dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
+
+
+def token_logprobs(logits_B_T_V: Tensor, input_ids_B_T: Tensor) -> Tensor:
+    """Log-probability of each token under the model, aligned with `input_ids_B_T`.
+
+    out[b, t] = log p(ids[b, t] | ids[b, <t]) = log_softmax(logits[b, t - 1])[ids[b, t]] for t >= 1; out[b, 0] = 0.
+    Computed in float32 whatever the logits dtype (bf16 log-softmax over a 150k vocabulary loses ~2 decimal
+    digits, which shows up as a fake rollout-vs-learner logprob gap). Memory: one row at a time, and the
+    log-softmax is never materialised (gather minus logsumexp), so under `torch.no_grad()` (old / reference
+    logprobs) the float32 temporary is one row's T x V. With grad, autograd keeps each row's float32 copy for
+    backward; bound that by micro-batching.
+    """
+    if logits_B_T_V.dim() != 3 or input_ids_B_T.shape != logits_B_T_V.shape[:2]:
+        raise ValueError(
+            f"token_logprobs: expected logits [B, T, V] and ids [B, T]; got {tuple(logits_B_T_V.shape)} "
+            f"and {tuple(input_ids_B_T.shape)}"
+        )
+    if logits_B_T_V.shape[0] == 0:
+        return logits_B_T_V.new_zeros(input_ids_B_T.shape, dtype=torch.float32)
+    rows: list[Tensor] = []
+    for logits_T_V, ids_T in zip(logits_B_T_V, input_ids_B_T):
+        pred_T_V = logits_T_V[:-1].float()  # logits[t - 1] predict ids[t]
+        target_T = ids_T[1:].long()
+        picked_T = torch.gather(pred_T_V, -1, target_T.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked_T - torch.logsumexp(pred_T_V, dim=-1))
+    logp_B_Tm1 = torch.stack(rows)
+    first_B_1 = logp_B_Tm1.new_zeros((logp_B_Tm1.shape[0], 1))
+    return torch.cat([first_B_1, logp_B_Tm1], dim=1)
+
+
+def entropy_from_logits(logits_B_T_V: Tensor) -> Tensor:
+    """Entropy (nats) of the predictive distribution, aligned like `token_logprobs`.
+
+    out[b, t] = H(softmax(logits[b, t - 1])) for t >= 1 (the distribution token t was sampled from); out[b, 0] = 0.
+    H = logsumexp(z) - sum_v softmax(z)_v z_v, in float32, one row at a time. Meant for metrics: call it under
+    `torch.no_grad()` unless an entropy bonus is wanted.
+    """
+    if logits_B_T_V.dim() != 3:
+        raise ValueError(f"entropy_from_logits: expected logits [B, T, V]; got {tuple(logits_B_T_V.shape)}")
+    if logits_B_T_V.shape[0] == 0:
+        return logits_B_T_V.new_zeros(logits_B_T_V.shape[:2], dtype=torch.float32)
+    rows: list[Tensor] = []
+    for logits_T_V in logits_B_T_V:
+        z_T_V = logits_T_V[:-1].float()
+        probs_T_V = torch.softmax(z_T_V, dim=-1)
+        # p * z with p = 0 and z = -inf (a vocab entry masked out) is NaN; its true contribution is 0.
+        p_z_T_V = torch.where(probs_T_V > 0, probs_T_V * z_T_V, torch.zeros((), device=z_T_V.device))
+        rows.append(torch.logsumexp(z_T_V, dim=-1) - p_z_T_V.sum(dim=-1))
+    ent_B_Tm1 = torch.stack(rows)
+    return torch.cat([ent_B_Tm1.new_zeros((ent_B_Tm1.shape[0], 1)), ent_B_Tm1], dim=1)

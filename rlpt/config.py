@@ -1,0 +1,305 @@
+"""The one configuration schema of rlpt: strict pydantic models, loaded from one YAML file plus dotted overrides.
+
+- Strict: an unknown key is an error naming the key, its path and the allowed keys; a wrong type names the key,
+  what was expected and what was given. No silent coercion (`"1"` is not an int, `"true"` is not a bool).
+- Frozen: nothing writes to a config after `load_config` returns (tuples, not lists, for sequences).
+- YAML quirk fixed: PyYAML reads `1e-3` as a string (YAML 1.1 wants `1.0e-3`); our loader reads it as a float.
+
+Values live in `configs/*.yaml`; the schema (and its defaults) lives here. The defaults are the built-in run:
+GRPO on the synthetic `arith` task with the built-in tiny model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+StrTuple = Annotated[tuple[str, ...], Field(strict=False)]  # YAML gives lists; we store tuples (immutable)
+IntTuple = Annotated[tuple[int, ...], Field(strict=False)]
+
+
+class ConfigError(ValueError):
+    """A config problem, with every offending key path in the message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------------- model
+class LoraConfig(_Section):
+    enabled: bool = False
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: StrTuple = ("q_proj", "v_proj")
+
+
+class ModelConfig(_Section):
+    path: str | None = Field(None, description="HF model directory; None = the built-in tiny model (built on demand)")
+    tokenizer_path: str | None = Field(None, description="defaults to `path`")
+    tiny_arch: Literal["llama", "qwen2"] = "llama"
+    tiny_size: Literal["tiny", "small"] = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig = LoraConfig()
+
+
+# ------------------------------------------------------------------------------------------------------ data
+class ArithConfig(_Section):
+    num_prompts: int = Field(512, gt=0)
+    max_operand: int = Field(4, ge=1, description="operands are drawn from 0..max_operand")
+    num_operands: int = Field(2, ge=2)
+    ops: StrTuple = ("+",)
+
+    @model_validator(mode="after")
+    def _ops_known(self) -> "ArithConfig":
+        bad = [op for op in self.ops if op not in ("+", "-", "*")]
+        if bad or not self.ops:
+            raise ValueError(f"ops must be a non-empty subset of ['+', '-', '*'], got {list(self.ops)}")
+        return self
+
+
+class CountdownConfig(_Section):
+    num_prompts: int = Field(512, gt=0)
+    num_numbers: int = Field(3, ge=2, le=6)
+    max_number: int = Field(10, ge=2)
+    max_target: int = Field(100, ge=1)
+
+
+class ColumnMap(_Section):
+    prompt: str = "prompt"
+    answer: str | None = "answer"
+    meta: StrTuple = ()
+    id: str | None = Field(None, description="column with a stable row id; default: file name + row number")
+
+
+class DataConfig(_Section):
+    task: Literal["arith", "countdown"] | None = Field("arith", description="built-in synthetic task")
+    path: str | None = Field(None, description="a .parquet or .jsonl prompt file (set task: null)")
+    columns: ColumnMap = ColumnMap()
+    arith: ArithConfig = ArithConfig()
+    countdown: CountdownConfig = CountdownConfig()
+    chat_template: Literal["auto", "never", "always"] = "auto"
+    system_prompt: str | None = None
+    max_prompt_tokens: int = Field(256, gt=0)
+    on_too_long: Literal["skip", "error"] = "skip"
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.task is None) == (self.path is None):
+            raise ValueError("set exactly one of data.task (built-in synthetic task) or data.path (a prompt file)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- rollout
+class RolloutConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(8, ge=1, description="G, the group size")
+    max_new_tokens: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, description="-1 = off")
+    stop: StrTuple = ()
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    cpu_kv_cache_gib: int = Field(1, ge=1)
+
+
+# -------------------------------------------------------------------------------------------------- verifier
+class VerifierConfig(_Section):
+    name: str = Field("numeric", description="built-in (math, numeric, exact, countdown) or plug-in 'pkg.mod:fn'")
+    num_workers: int = Field(1, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    error_reward: float = Field(0.0, description="reward given to a rollout whose verifier raised or timed out")
+
+
+# ------------------------------------------------------------------------------------------------- algorithm
+class OverlongConfig(_Section):
+    enabled: bool = False
+    buffer_len: int = Field(4, ge=1)
+    penalty: float = Field(1.0, ge=0)
+
+
+class GRPOConfig(_Section):
+    eps_low: float = Field(0.2, ge=0)
+    eps_high: float = Field(0.28, ge=0, description="DAPO clip-higher; set equal to eps_low for vanilla GRPO")
+    beta: float = Field(0.0, ge=0, description="k3 KL weight; > 0 creates the reference actor")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    scale_rewards: Literal["group", "none"] = "group"
+    dynamic_sampling: bool = False
+    max_resample_tries: int = Field(3, ge=0)
+    overlong: OverlongConfig = OverlongConfig()
+
+
+class AlgorithmConfig(_Section):
+    name: Literal["grpo"] = "grpo"
+    grpo: GRPOConfig = GRPOConfig()
+
+
+# --------------------------------------------------------------------------------------------------- learner
+class LearnerConfig(_Section):
+    num_ranks: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(64, ge=1)
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per training step (PPO mini-batches)")
+    ppo_epochs: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0, description="0 = off")
+    old_logprobs: Literal["rollout", "recompute"] = "rollout"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+# ------------------------------------------------------------------------------------------------------ sync
+class SyncConfig(_Section):
+    bucket_mb: float = Field(256.0, gt=0)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: float = Field(120.0, gt=0)
+    probe_tolerance: float = Field(1e-3, gt=0, description="max |engine - learner| logprob on the probe sequence")
+
+
+# --------------------------------------------------------------------------------------------------- cluster
+class ClusterConfig(_Section):
+    address: str | None = Field(None, description="Ray address; None = RAY_ADDRESS or a local cluster")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local cluster; None = enough for all")
+    dashboard_host: str = "127.0.0.1"
+    gpus_per_learner: float = Field(0.0, ge=0)
+    gpus_per_engine: float = Field(0.0, ge=0)
+    colocate: bool = False
+
+
+# ------------------------------------------------------------------------------------------------------- run
+class RunConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    root: str = Field("runs", description="run directories go to <root>/<name>; the tiny-model cache too")
+    steps: int = Field(200, ge=1)
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    keep_checkpoints: int = Field(3, ge=1)
+    log_rollouts: bool = True
+    tensorboard: bool = True
+    actor_timeout_s: float = Field(600.0, gt=0, description="longest wait on any actor call before a clear error")
+
+
+class RlptConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    learner: LearnerConfig = LearnerConfig()
+    sync: SyncConfig = SyncConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    run: RunConfig = RunConfig()
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` and `3E5` as floats (YAML 1.1 needs a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|" r"^[-+]?(?:\d[\d_]*)\.\d*(?:[eE][-+]?\d+)?$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (so `true`, `3`, `[1, 2]`, `null` work)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected KEY.PATH=VALUE")
+    parts = key.strip().split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = parse_yaml(raw, f"override {override!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RlptConfig:
+    """Read `path` (None = built-in defaults), apply dotted overrides, validate strictly, return a frozen config."""
+    tree: Any = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        tree = parse_yaml(p.read_text(encoding="utf-8"), source)
+        if tree is None:
+            tree = {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    for ov in overrides:
+        apply_override(tree, ov)
+    try:
+        return RlptConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that holds `loc[-1]`."""
+    model: Any = RlptConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        got = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc)) or "?"
+            lines.append(f"  {key}: unknown key (allowed here: {allowed})")
+            continue
+        kind = e["type"].split("_")[0]
+        expected = _EXPECTED.get(kind)
+        if expected and e["type"].endswith("_type"):
+            lines.append(f"  {key}: expected {expected}, got {got!r} ({type(got).__name__})")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def dump_config(cfg: RlptConfig) -> str:
+    """The resolved config as YAML (every key, defaults included), loadable by `load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: RlptConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dump_config(cfg), encoding="utf-8")
+    tmp.replace(path)

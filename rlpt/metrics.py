@@ -1,0 +1,175 @@
+"""Metric writers (JSONL + TensorBoard) and phase timers.
+
+`metrics.jsonl` holds one JSON object per `write` call: `{"step": int, <key>: float | null, ...}`, keys sorted.
+Non-finite values: training can legitimately produce a NaN loss or an inf grad norm and the user must see it,
+so they are not rejected. JSON has no NaN/inf (Python's `NaN` token is not JSON and breaks other readers), so
+the value is written as `null` and its key is listed in a `"nonfinite"` field (sorted key names; the field is
+present only when non-empty). TensorBoard gets the actual value (NaN / inf), under the same keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+RESERVED_KEYS = ("step", "nonfinite")
+
+
+def _as_float(key: str, value: object) -> float:
+    # float() would happily parse "1.5"; a string here is a caller bug, not a metric.
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]  # ints, numpy scalars, 1-element tensors
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r}") from err
+
+
+def _record(step: int, values: Mapping[str, float]) -> tuple[dict[str, object], dict[str, float]]:
+    """Build the JSON record and the float values for TensorBoard; validates keys and values."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"metrics step must be an int >= 0; got {step!r}")
+    floats: dict[str, float] = {}
+    for key in sorted(values):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metric keys must be non-empty strings; got {key!r} at step {step}")
+        if key in RESERVED_KEYS:
+            raise ValueError(f"metric key {key!r} is reserved by the metrics.jsonl format (step {step})")
+        floats[key] = _as_float(key, values[key])
+    record: dict[str, object] = {"step": step}
+    record.update({k: (v if math.isfinite(v) else None) for k, v in floats.items()})
+    nonfinite = [k for k, v in floats.items() if not math.isfinite(v)]
+    if nonfinite:
+        record["nonfinite"] = nonfinite
+    return dict(sorted(record.items())), floats
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A crash inside a write can leave an unterminated last line: that record was never complete, so cut it
+    (only it) off, keeping the file valid JSONL for `read_metrics` and for the records appended after resume."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1  # rfind = -1 (a single partial line) keeps nothing
+        warnings.warn(f"{path}: dropping an unterminated last line from a crashed write: {data[keep:][:80]!r}")
+        f.truncate(keep)
+
+
+class MetricsWriter:
+    """Appends one JSON line per step to `run_dir/metrics.jsonl` and mirrors the scalars to `run_dir/tb`.
+
+    Each write is flushed and fsynced (once per training step, so the cost is negligible) so a crash loses
+    nothing already written. The file is opened in append mode: a resumed run continues the same file, so the
+    same step may appear twice (the later record is the one after the resume). An unterminated last line left
+    by a crash mid-write is cut off on open, with a warning.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        _drop_partial_last_line(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb: SummaryWriter | None = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is a heavy import
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        """Append the step's metrics; non-finite values become null + a "nonfinite" entry (module docstring)."""
+        if self._file.closed:
+            raise ValueError(f"MetricsWriter for {self.path} is closed (write at step {step})")
+        record, floats = _record(step, values)
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            for key, value in floats.items():
+                self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, object]]:
+    """All records of a metrics.jsonl, in file order (nulls stay None; see "nonfinite").
+
+    Blank lines are skipped; any other unparseable line raises with its file and line number rather than
+    silently dropping data (the writer itself never leaves one: see `_drop_partial_last_line`).
+    """
+    records: list[dict[str, object]] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not a JSON object ({err.msg}): {line[:80]!r}") from err
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'step' key; got {line[:80]!r}")
+            records.append(record)
+    return records
+
+
+class PhaseTimer:
+    """Wall time per named phase within a step: `with timer.phase("rollout"): ...`.
+
+    A phase entered several times accumulates; distinct phases may nest (each measures its own span), but a
+    phase may not nest inside itself (that would count its time twice). Time is recorded even when the body
+    raises. `clock` defaults to `time.perf_counter` (monotonic); tests inject a fake one.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock if clock is not None else time.perf_counter
+        self._totals: dict[str, float] = {}
+        self._active: set[str] = set()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name in self._active:
+            raise ValueError(f"PhaseTimer: phase {name!r} is already running (nested inside itself)")
+        self._active.add(name)
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self._totals[name] = self._totals.get(name, 0.0) + (self._clock() - start)
+            self._active.discard(name)
+
+    def as_metrics(self, prefix: str = "timing/") -> dict[str, float]:
+        """Seconds per phase since the last reset, e.g. {"timing/rollout": 1.25}."""
+        return {f"{prefix}{name}": seconds for name, seconds in self._totals.items()}
+
+    def reset(self) -> None:
+        """Forget the totals (call once per step, after logging)."""
+        self._totals.clear()

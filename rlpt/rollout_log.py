@@ -1,0 +1,53 @@
+"""Per-step rollout records (`rollouts/step_XXXXXX.parquet`): prompts, completions, rewards, errors, versions.
+
+For audit, for counting (every prompt scored exactly once), and as RFT/DPO data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlpt.types import ScoredRollout
+
+SCHEMA = pa.schema([
+    ("step", pa.int64()), ("prompt_uid", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
+    ("sample_index", pa.int32()), ("completion", pa.string()), ("num_tokens", pa.int32()),
+    ("finish_reason", pa.string()), ("reward", pa.float64()), ("correct", pa.bool_()), ("error", pa.string()),
+    ("policy_version", pa.int64()),
+])
+
+
+def rollout_table(step: int, scored: Sequence[ScoredRollout]) -> pa.Table:
+    rows = [
+        {
+            "step": step, "prompt_uid": s.rollout.prompt.uid, "prompt": s.rollout.prompt.text,
+            "answer": s.rollout.prompt.answer, "sample_index": s.rollout.sample_index, "completion": s.rollout.text,
+            "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
+            "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
+        }
+        for s in scored
+    ]
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_rollouts(run_dir: Path, step: int, scored: Sequence[ScoredRollout]) -> Path:
+    """Write atomically (temp file + rename): a crash never leaves a half-written step file."""
+    out_dir = run_dir / "rollouts"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"step_{step:06d}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(rollout_table(step, scored), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_rollouts(run_dir: Path) -> pa.Table:
+    files = sorted((run_dir / "rollouts").glob("step_*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])

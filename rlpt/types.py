@@ -1,0 +1,114 @@
+"""Typed values that flow between the stages of rlpt (see DESIGN.md §1).
+
+Every arrow in the data flow is one of these dataclasses; none is a dict of strings. Shapes ride in names:
+`_P` prompts, `_G` group, `_B` batch rows, `_T` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One task instance. `answer` is the ground truth the verifier checks; free metadata rides in `meta`.
+
+    `uid` is stable across runs (dataset name + row), so rollouts, resume and audits can refer to it.
+    `prompt_ids` holds the token ids fed to the policy (chat template already applied), or is empty when the
+    prompt has not been tokenized yet.
+    """
+
+    uid: str
+    text: str
+    answer: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    prompt_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Score:
+    """What a verifier returns. `correct` is None when the notion does not apply (e.g. a graded reward)."""
+
+    reward: float
+    correct: bool | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled completion of one prompt, with the logprobs of the sampled tokens under the engine's policy."""
+
+    prompt: Prompt
+    sample_index: int
+    response_ids_T: tuple[int, ...]
+    logprobs_T: tuple[float, ...]
+    text: str
+    finish_reason: str  # "stop" (EOS / stop string) or "length" (hit max_tokens)
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class ScoredRollout:
+    """A rollout with its verdict. `error` is set (and `reward` comes from the configured error policy) when the
+    verifier raised or timed out: never a silent None."""
+
+    rollout: Rollout
+    reward: float
+    correct: bool | None
+    info: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Right-padded token rows ready for a learner step.
+
+    `loss_mask_B_T` is 1 on response tokens that carry loss and 0 on prompt and padding tokens. Logprob tensors are
+    aligned with `input_ids_B_T` (position t holds log p(token t | tokens < t); position 0 is unused).
+    `advantages_B_T` is per token (a sequence-level advantage is broadcast over its tokens).
+    `loss_weights_B_T` makes the aggregation exact across ranks and micro-batches: the mini-batch loss is
+    sum(token_loss * weight) (see rlpt/batching.py); padding rows carry weight 0.
+    """
+
+    input_ids_B_T: torch.Tensor
+    attention_mask_B_T: torch.Tensor
+    loss_mask_B_T: torch.Tensor
+    advantages_B_T: torch.Tensor
+    rollout_logprobs_B_T: torch.Tensor
+    ref_logprobs_B_T: torch.Tensor | None = None
+    group_ids_B: torch.Tensor | None = None
+    loss_weights_B_T: torch.Tensor | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids_B_T.shape[0])
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A (winner, loser) pair of completions of the same prompt, for DPO."""
+
+    prompt: Prompt
+    chosen: Rollout
+    rejected: Rollout
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How engines sample one step's completions (from `rollout.*` in the config)."""
+
+    n: int
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop: tuple[str, ...] = ()
+
+
+def request_seed(run_seed: int, step: int, position: int, n: int) -> int:
+    """The sampling seed of one prompt's request. vLLM seeds child i of an n-sample request with seed + i, so
+    seeds of different requests are spaced by n (else samples of neighbouring prompts would share noise)."""
+    return ((run_seed * 1_000_003 + step) * 1_048_576 + position) * n % (2**62)
