@@ -12,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(PY) -m rlpt.cli eval $(ARGS)
+	$(PY) -m rlpt.cli train $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

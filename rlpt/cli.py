@@ -76,18 +76,21 @@ def cmd_train(ns: argparse.Namespace) -> int:
         from actors.launch import train
     except ImportError as e:
         raise UsageError(f"rlpt train needs the actor stack (ray, vllm, deepspeed): {e}") from None
+    from rlpt.loops.common import total_steps
+
     cfg = _load(ns.args)
+    steps = total_steps(cfg)
     run_dir = Path(ns.run_dir) if ns.run_dir else Path(cfg.run.root) / cfg.run.name
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]:.3f}"),
                TextColumn("step {task.fields[t]:.2f}s"), TimeElapsedColumn())
     with Progress(*columns, console=err) as bar:
-        task = bar.add_task("train", total=cfg.run.steps, r=0.0, t=0.0)
+        task = bar.add_task("train", total=steps, r=0.0, t=0.0)
 
         def on_step(step: int, m: dict[str, float]) -> None:
             bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
 
         seconds = train(cfg, run_dir, on_step)
-    out.print(f"trained {cfg.run.steps} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")
+    out.print(f"trained {steps} {cfg.algorithm.name} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")
     return 0
 
 

@@ -5,8 +5,10 @@
 - Frozen: nothing writes to a config after `load_config` returns (tuples, not lists, for sequences).
 - YAML quirk fixed: PyYAML reads `1e-3` as a string (YAML 1.1 wants `1.0e-3`); our loader reads it as a float.
 
-Values live in `configs/*.yaml`; the schema (and its defaults) lives here. The defaults are the built-in run:
-GRPO on the synthetic `arith` task with the built-in tiny model.
+Values live in `configs/*.yaml`; the schema (and its defaults) lives here. The defaults ARE the built-in run
+(`rlpt train` with no CONFIG): GRPO on the synthetic `arith` task with the built-in random-init tiny model, tuned so
+it learns from reward alone in ~2 minutes on 2 CPU cores (e.g. lr 2e-3, 3 new tokens, KL 0.05 to the initial
+policy to keep exploring). Real models need a recipe from configs/ (lr ~1e-6, longer responses, ...).
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ class DataConfig(_Section):
 class RolloutConfig(_Section):
     num_workers: int = Field(1, ge=1)
     prompts_per_step: int = Field(16, ge=1)
-    samples_per_prompt: int = Field(8, ge=1, description="G, the group size")
-    max_new_tokens: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(16, ge=1, description="G, the group size")
+    max_new_tokens: int = Field(3, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(-1, description="-1 = off")
@@ -129,7 +131,7 @@ class OverlongConfig(_Section):
 class GRPOConfig(_Section):
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.28, ge=0, description="DAPO clip-higher; set equal to eps_low for vanilla GRPO")
-    beta: float = Field(0.0, ge=0, description="k3 KL weight; > 0 creates the reference actor")
+    beta: float = Field(0.05, ge=0, description="k3 KL weight; > 0 creates the reference actor")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     scale_rewards: Literal["group", "none"] = "group"
     dynamic_sampling: bool = False
@@ -137,16 +139,50 @@ class GRPOConfig(_Section):
     overlong: OverlongConfig = OverlongConfig()
 
 
+class NFTConfig(_Section):
+    normalize: Literal[0, 1, 2] = Field(1, description="prompt weight: 0 none, 1 (1-rq), 2 sqrt((1-rq)/rq)")
+    neg_weight: float = Field(1.0, ge=0, description="1 = NFT, 0 = online RFT (positives only)")
+    neg_clamp: float = Field(1.0, gt=0, description="eps: floor of the negative ratio's value (gradient passes)")
+    max_resample_tries: int = Field(3, ge=0, description="refills after dropping groups with r_hat in {0, 1}")
+
+
+class RFTConfig(_Section):
+    mode: Literal["online", "rounds"] = "online"
+    # rounds (DART-style) only:
+    rounds: int = Field(10, ge=1)
+    k_correct: int = Field(2, ge=1, description="uniform quota: correct samples wanted per prompt")
+    quota: Literal["uniform", "prop2diff"] = "uniform"
+    max_trials: int = Field(64, ge=1, description="samples per prompt before giving up on its quota")
+    prompts_per_round: int = Field(128, ge=1)
+    epochs: int = Field(4, ge=1)
+    restart: Literal["continue", "base"] = Field("continue", description="each round from the last policy or base")
+
+
+class DPOConfig(_Section):
+    rounds: int = Field(30, ge=1)
+    prompts_per_round: int = Field(128, ge=1)
+    samples_per_prompt: int = Field(16, ge=2, description="K samples per prompt to build pairs from")
+    pairing: Literal["best_worst", "random"] = "best_worst"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    nll_alpha: float = Field(0.0, ge=0, description="IRPO: weight of the winner's length-normalised NLL")
+    reference: Literal["initial", "previous"] = "previous"
+    epochs: int = Field(4, ge=1)
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["grpo"] = "grpo"
+    name: Literal["grpo", "nft", "rft", "dpo"] = "grpo"
     grpo: GRPOConfig = GRPOConfig()
+    nft: NFTConfig = NFTConfig()
+    rft: RFTConfig = RFTConfig()
+    dpo: DPOConfig = DPOConfig()
 
 
 # --------------------------------------------------------------------------------------------------- learner
 class LearnerConfig(_Section):
     num_ranks: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.999)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -181,7 +217,7 @@ class ClusterConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     root: str = Field("runs", description="run directories go to <root>/<name>; the tiny-model cache too")
-    steps: int = Field(200, ge=1)
+    steps: int = Field(250, ge=1)
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_checkpoints: int = Field(3, ge=1)

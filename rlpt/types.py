@@ -81,6 +81,8 @@ class TrainBatch:
     ref_logprobs_B_T: torch.Tensor | None = None
     group_ids_B: torch.Tensor | None = None
     loss_weights_B_T: torch.Tensor | None = None
+    positive_B: torch.Tensor | None = None  # 1.0 where the verifier said correct (NFT / RFT)
+    group_mean_B: torch.Tensor | None = None  # the row's group correct rate r_hat (NFT)
 
     @property
     def num_rows(self) -> int:

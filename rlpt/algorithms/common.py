@@ -7,8 +7,24 @@ Position 0 has no predictor and is 0.0; the loss mask never covers it (it is a p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """Per-token loss of any token-level algorithm, masked positions zeroed, before aggregation (the learner
+    weights tokens itself: rlpt.batching.aggregation_weights). `pg_B_T` is the policy part, `kl_B_T` the KL part
+    (None without a reference), `clipped_B_T` marks clipped tokens (all False where no clipping applies)."""
+
+    loss_B_T: Tensor
+    pg_B_T: Tensor
+    kl_B_T: Tensor | None
+    clipped_B_T: Tensor
+    log_ratio_B_T: Tensor
+    adv_B_T: Tensor
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

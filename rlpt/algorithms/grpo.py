@@ -43,12 +43,16 @@ Our deviations (all deliberate)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from rlpt.algorithms.common import masked_mean, masked_sum
+from rlpt.batching import rewards_by_group, token_rows
+from rlpt.config import RlptConfig
+from rlpt.types import ScoredRollout, TrainBatch
+
+from rlpt.algorithms.common import TokenLoss, masked_mean, masked_sum
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 LOSS_AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -224,18 +228,6 @@ def grpo_loss(
     return loss, stats
 
 
-@dataclass(frozen=True)
-class TokenLoss:
-    """Per-token pieces of the GRPO loss, masked positions zeroed. `loss_B_T` = pg + beta * kl."""
-
-    loss_B_T: Tensor
-    pg_B_T: Tensor
-    kl_B_T: Tensor | None
-    clipped_B_T: Tensor
-    log_ratio_B_T: Tensor
-    adv_B_T: Tensor
-
-
 def grpo_token_loss(
     logp_B_T: Tensor,
     old_logp_B_T: Tensor,
@@ -284,3 +276,34 @@ def _stats(
         ratio_max=float(ratio[mask].max()) if n else 1.0,
         num_tokens=float(n),
     )
+
+
+# ------------------------------------------------------------------------------ adapters used by loop and learner
+def advantages(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
+    """Per-rollout advantages [P*G] (overlong shaping added to rewards first, when enabled)."""
+    g = cfg.algorithm.grpo
+    rewards_P_G = rewards_by_group(scored, cfg.rollout.samples_per_prompt)
+    if g.overlong.enabled:
+        lengths = torch.tensor([len(s.rollout.response_ids_T) for s in scored])
+        shaping = overlong_penalty(lengths, cfg.rollout.max_new_tokens, g.overlong.buffer_len, g.overlong.penalty)
+        rewards_P_G = rewards_P_G + shaping.view_as(rewards_P_G)
+    return group_advantages(rewards_P_G, g.scale_rewards).flatten()
+
+
+def keep_groups(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
+    rewards_P_G = rewards_by_group(scored, cfg.rollout.samples_per_prompt)
+    if cfg.algorithm.grpo.dynamic_sampling:
+        return groups_with_signal(rewards_P_G)
+    return torch.ones(rewards_P_G.shape[0], dtype=torch.bool)
+
+
+def build_batch(scored: Sequence[ScoredRollout], cfg: RlptConfig, pad_id: int) -> TrainBatch | None:
+    return token_rows(scored, advantages(scored, cfg), pad_id) if scored else None
+
+
+def batch_token_loss(logp_B_T: Tensor, old_logp_B_T: Tensor, rows: TrainBatch, cfg: RlptConfig) -> TokenLoss:
+    g = cfg.algorithm.grpo
+    loss_cfg = GRPOLossConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, loss_agg=g.loss_agg,
+                              norm_len=cfg.rollout.max_new_tokens)
+    return grpo_token_loss(logp_B_T, old_logp_B_T, rows.advantages_B_T, rows.loss_mask_B_T, rows.ref_logprobs_B_T,
+                           loss_cfg)

@@ -26,7 +26,8 @@ E = math.e
 
 
 def test_registry_is_an_explicit_dict() -> None:
-    assert ALGORITHMS["grpo"] is grpo
+    assert set(ALGORITHMS) == {"grpo", "nft", "rft"}
+    assert ALGORITHMS["grpo"].token_loss is grpo.batch_token_loss
 
 
 # ---------------------------------------------------------------- advantages

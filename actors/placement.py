@@ -1,0 +1,76 @@
+"""Where actors run: Ray init (local cluster sized so every actor schedules, or an existing cluster) and per-role
+resource options. On GPU clusters learner ranks share a placement group (PACK: same node when possible, so their
+collectives stay on NVLink); engines get `gpus_per_engine * tensor_parallel_size` GPUs each. With
+`cluster.colocate: true` engines and learners may share GPUs (fractional GPU requests, e.g. 0.5 each); vLLM's
+`gpu_memory_utilization` must then leave room for the learner.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlpt.config import RlptConfig
+
+# Environment every rlpt actor needs, wherever it is scheduled (also on an existing cluster).
+ACTOR_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def needed_cpus(cfg: RlptConfig) -> int:
+    """Logical CPUs for a local cluster: one per actor plus one spare (over-subscription of real cores is fine;
+    an actor that cannot be scheduled would leave its gloo peers waiting)."""
+    ref = 1 if cfg.algorithm.grpo.beta > 0 else 0
+    return cfg.learner.num_ranks + cfg.rollout.num_workers + cfg.verifier.num_workers + ref + 1
+
+
+def init_ray(cfg: RlptConfig) -> str:
+    """Connect to `cluster.address` / RAY_ADDRESS, or start a local cluster bound to cluster.dashboard_host."""
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {k: os.environ.get(k, v) for k, v in ACTOR_ENV.items()}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return address
+    # Local cluster: plug-ins (`verifier.name: my_mod:fn`) import from where rlpt runs, as they would in-process.
+    env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), include_dashboard=False,
+             dashboard_host=cfg.cluster.dashboard_host, runtime_env=env, log_to_driver=True)
+    return "local"
+
+
+def learner_options(cfg: RlptConfig, pg: Any, rank: int) -> dict[str, Any]:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_learner,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)}
+
+
+def learner_placement_group(cfg: RlptConfig, timeout_s: float) -> Any:
+    import ray
+    from ray.util.placement_group import placement_group
+
+    bundle = {"CPU": 1, **({"GPU": cfg.cluster.gpus_per_learner} if cfg.cluster.gpus_per_learner else {})}
+    pg = placement_group([dict(bundle) for _ in range(cfg.learner.num_ranks)], strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        raise TimeoutError(f"learner placement group ({cfg.learner.num_ranks} x {bundle}) not schedulable within "
+                           f"{timeout_s}s: does the cluster have these resources?")
+    return pg
+
+
+def engine_options(cfg: RlptConfig) -> dict[str, Any]:
+    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_engine * cfg.rollout.tensor_parallel_size}
+
+
+def cpu_actor_options() -> dict[str, Any]:
+    return {"num_cpus": 1}

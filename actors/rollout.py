@@ -1,0 +1,166 @@
+"""Rollout workers: each owns one vLLM engine; a RolloutPool spreads prompt groups over them dynamically.
+
+`VllmEngine` is the thin adapter and the only code that imports vllm: a vLLM upgrade touches this file (and the
+worker extension) only. It runs in-process (no engine subprocess) when tensor_parallel_size == 1, which is both
+the CPU path and the single-GPU path; TP > 1 uses vLLM's multiprocess executor, the extension running in each
+TP worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from actors.weight_sync import GroupSpec
+from rlpt.config import RlptConfig
+from rlpt.types import Prompt, Rollout, SamplingSpec
+from rlpt.weights import SyncPlan
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model_path: str
+    dtype: str
+    seed: int
+    max_model_len: int
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    cpu_kv_cache_gib: int = 1
+    logprobs_mode: str = "raw_logprobs"  # "processed_logprobs" when temperature != 1 (matches the learner's T)
+
+
+def engine_options(cfg: RlptConfig, model_path: str) -> EngineOptions:
+    r = cfg.rollout
+    return EngineOptions(
+        model_path=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed,
+        max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens + 1,
+        tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
+        cpu_kv_cache_gib=r.cpu_kv_cache_gib,
+        logprobs_mode="raw_logprobs" if r.temperature == 1.0 else "processed_logprobs",
+    )
+
+
+class VllmEngine:
+    """The adapter over vllm.LLM: generate with sampled-token logprobs, probe logprobs, weight-sync hooks."""
+
+    def __init__(self, opts: EngineOptions) -> None:
+        in_process = opts.tensor_parallel_size == 1
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.cpu_kv_cache_gib))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=opts.model_path, tokenizer=opts.model_path, dtype=opts.dtype, seed=opts.seed,
+            enforce_eager=True, max_model_len=opts.max_model_len, enable_prefix_caching=False,
+            tensor_parallel_size=opts.tensor_parallel_size, gpu_memory_utilization=opts.gpu_memory_utilization,
+            distributed_executor_backend="uni" if in_process else "mp", logprobs_mode=opts.logprobs_mode,
+            worker_extension_cls="actors.vllm_worker.RlptWorkerExtension",
+        )
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], spec: SamplingSpec) -> list[Any]:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(n=spec.n, max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                           top_k=spec.top_k if spec.top_k > 0 else 0, stop=list(spec.stop) or None,
+                           logprobs=0, seed=seed)
+            for seed in seeds
+        ]
+        outs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
+        return [[(list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)], c.finish_reason)
+                 for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        """log p(ids[t] | ids[<t]) for t >= 1 (the sync probe)."""
+        from vllm import SamplingParams
+
+        out = self.llm.generate([{"prompt_token_ids": list(ids)}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                                use_tqdm=False)[0]
+        return [d[t].logprob for t, d in zip(ids[1:], out.prompt_logprobs[1:])]
+
+    def join_sync(self, spec: GroupSpec, rank_base: int) -> list[int]:
+        return self.llm.collective_rpc("rlpt_join_sync", args=(spec, rank_base))
+
+    def receive_weights(self, plan: SyncPlan, version: int) -> None:
+        self.llm.collective_rpc("rlpt_receive", args=(plan, version))
+        self.llm.reset_prefix_cache()
+
+
+class RolloutWorker:
+    """Ray actor body (wrapped with ray.remote by actors/launch.py): one engine plus its policy version."""
+
+    def __init__(self, name: str, opts: EngineOptions, tokenizer_path: str) -> None:
+        from rlpt.models import load_tokenizer
+
+        self.name = name
+        self.engine = VllmEngine(opts)
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.policy_version = 0
+
+    def ping(self) -> str:
+        return self.name
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+        outs = self.engine.generate([p.prompt_ids for p in prompts], seeds, spec)
+        return [
+            Rollout(prompt=p, sample_index=i, response_ids_T=tuple(ids), logprobs_T=tuple(lps),
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=str(reason),
+                    policy_version=self.policy_version)
+            for p, samples in zip(prompts, outs) for i, (ids, lps, reason) in enumerate(samples)
+        ]
+
+    def probe(self, ids: Sequence[int]) -> list[float]:
+        return self.engine.prompt_logprobs(ids)
+
+    def join_sync(self, spec: GroupSpec, rank_base: int) -> list[int]:
+        return self.engine.join_sync(spec, rank_base)
+
+    def receive_weights(self, plan: SyncPlan, version: int) -> float:
+        start = time.perf_counter()
+        self.engine.receive_weights(plan, version)
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    def get_version(self) -> int:
+        return self.policy_version
+
+
+class RolloutTimeout(TimeoutError):
+    pass
+
+
+class RolloutPool:
+    """Driver-side fan-out over N rollout workers. Prompts go out in small chunks, a new chunk to whichever worker
+    finishes first, so a slow worker holds up at most one chunk."""
+
+    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float, chunks_per_worker: int = 2):
+        self.workers, self.names = list(workers), list(names)
+        self.timeout_s, self.chunks_per_worker = timeout_s, chunks_per_worker
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+        import ray
+
+        size = max(1, math.ceil(len(prompts) / (len(self.workers) * self.chunks_per_worker)))
+        todo = [(i, prompts[i:i + size], seeds[i:i + size]) for i in range(0, len(prompts), size)]
+        todo.reverse()
+        results: dict[int, list[Rollout]] = {}
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk start, worker index)
+        idle = list(range(len(self.workers)))
+        while todo or pending:
+            while todo and idle:
+                w = idle.pop()
+                start, ps, ss = todo.pop()
+                pending[self.workers[w].generate.remote(ps, ss, spec)] = (start, w)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
+            if not done:
+                busy = ", ".join(self.names[w] for _, w in pending.values())
+                raise RolloutTimeout(f"rollout: no chunk finished within {self.timeout_s}s (busy: {busy})")
+            start, w = pending.pop(done[0])
+            results[start] = ray.get(done[0])
+            idle.append(w)
+        return [r for start in sorted(results) for r in results[start]]

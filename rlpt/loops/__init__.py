@@ -1,0 +1,1 @@
+"""Training loops, one per file, written against the Protocols in rlpt.loops.common."""

@@ -1,0 +1,124 @@
+"""What every loop talks to (small Protocols, so loops run with fakes in tests and with Ray actors for real) and
+the bookkeeping every loop shares: run directory, per-step rollout metrics, checkpoints with retention."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+import torch
+
+from rlpt.config import RlptConfig
+if TYPE_CHECKING:
+    from rlpt.metrics import MetricsWriter, PhaseTimer
+from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout, TrainBatch
+
+
+class RolloutService(Protocol):
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]: ...
+
+
+class VerifierService(Protocol):
+    def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]: ...
+
+
+class ReferenceService(Protocol):
+    def logprobs(self, input_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor) -> torch.Tensor: ...
+
+
+class LearnerService(Protocol):
+    def train_step(self, batch: TrainBatch, step: int) -> dict[str, float]: ...
+
+    def save_hf(self, out_dir: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    seconds: float
+    probe_max_abs_diff: float
+    version: int
+
+
+class SyncService(Protocol):
+    def sync(self, version: int) -> SyncReport: ...
+
+
+@dataclass
+class Workers:
+    rollout: RolloutService
+    verifier: VerifierService
+    learner: LearnerService
+    sync: SyncService
+    reference: ReferenceService | None = None
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def total_steps(cfg: "RlptConfig") -> int:
+    """Rows of metrics.jsonl a run writes: steps for the online loops, rounds for DPO and RFT rounds."""
+    if cfg.algorithm.name == "dpo":
+        return cfg.algorithm.dpo.rounds
+    if cfg.algorithm.name == "rft" and cfg.algorithm.rft.mode == "rounds":
+        return cfg.algorithm.rft.rounds
+    return cfg.run.steps
+
+
+def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> dict[str, float]:
+    n = max(len(scored), 1)
+    rewards = torch.tensor([s.reward for s in scored], dtype=torch.float64)
+    lengths = [len(s.rollout.response_ids_T) for s in scored]
+    return {
+        "reward/mean": float(rewards.mean()) if scored else 0.0,
+        "reward/std": float(rewards.std()) if len(scored) > 1 else 0.0,
+        "reward/correct_frac": sum(1 for s in scored if s.correct) / n,
+        "verifier/errors": float(sum(1 for s in scored if s.error is not None)),
+        "tokens/generated": float(sum(lengths)),
+        "response/len_mean": sum(lengths) / n,
+        "response/truncated_frac": sum(1 for s in scored if s.rollout.finish_reason == "length") / n,
+        "staleness/mean": sum(learner_version - s.rollout.policy_version for s in scored) / n,
+    }
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:06d}"
+
+
+def save_checkpoint(learner: LearnerService, run_dir: Path, step: int, keep: int) -> Path:
+    """HF-format checkpoint (written to a temp dir and renamed by the learner), then keep only the last `keep`."""
+    out = checkpoint_dir(run_dir, step)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    learner.save_hf(out)
+    done = sorted(p for p in out.parent.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def end_step(cfg: RlptConfig, learner: LearnerService, run_dir: Path, step: int, total: int, version: int,
+             trained: bool, metrics: dict[str, float], scored: Sequence[ScoredRollout], timer: "PhaseTimer",
+             t0: float, writer: "MetricsWriter", on_step: StepCallback | None) -> None:
+    """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row."""
+    from rlpt.rollout_log import write_rollouts
+
+    if cfg.run.log_rollouts:
+        write_rollouts(run_dir, step, scored)
+    every = cfg.run.checkpoint_every
+    if (every and (step + 1) % every == 0) or step + 1 == total:
+        with timer.phase("checkpoint"):
+            save_checkpoint(learner, run_dir, step + 1, cfg.run.keep_checkpoints)
+    for key in ("sync/probe_max_abs_diff", "logprob_gap/mean"):
+        metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
+    metrics["sync/skipped"] = 0.0 if trained else 1.0
+    metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
+    metrics.update(timer.as_metrics())
+    metrics["timing/step"] = time.perf_counter() - t0
+    rollout_s = metrics["timing/rollout"]
+    metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s if rollout_s else 0.0
+    metrics["policy_version"] = float(version)
+    writer.write(step, metrics)
+    if on_step is not None:
+        on_step(step, metrics)

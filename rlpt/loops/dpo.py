@@ -1,0 +1,81 @@
+"""Iterative DPO as a Ray-resident loop: per round, sample K completions per prompt from the current policy, verify,
+build (correct, incorrect) pairs, score them under the reference, train several epochs, then sync the engines
+(and, with `reference: previous`, the reference actor) through the weight-sync path. No process restarts and no
+model reloads from disk between rounds. One metrics row, one rollouts file and one pairs file per round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlpt.algorithms.dpo import pair_up
+from rlpt.batching import pair_rows
+from rlpt.config import RlptConfig
+from rlpt.data import PromptCursor
+from rlpt.loops.common import LearnerService, StepCallback, Workers, end_step, rollout_metrics
+from rlpt.metrics import MetricsWriter, PhaseTimer
+from rlpt.types import PreferencePair, Prompt, SamplingSpec, TrainBatch, request_seed
+
+
+class PairLearner(LearnerService, Protocol):
+    def train_pairs(self, batch: TrainBatch, step: int, epochs: int) -> dict[str, float]: ...
+
+
+def write_pairs(run_dir: Path, rnd: int, pairs: Sequence[PreferencePair]) -> Path:
+    out = run_dir / "pairs" / f"round_{rnd:06d}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([
+        {"round": rnd, "prompt_uid": p.prompt.uid, "prompt": p.prompt.text, "chosen": p.chosen.text,
+         "rejected": p.rejected.text, "policy_version": p.chosen.policy_version} for p in pairs
+    ], schema=pa.schema([("round", pa.int64()), ("prompt_uid", pa.string()), ("prompt", pa.string()),
+                         ("chosen", pa.string()), ("rejected", pa.string()), ("policy_version", pa.int64())]))
+    tmp = out.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    return out
+
+
+def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
+        on_step: StepCallback | None = None, start_step: int = 0) -> None:
+    d, r = cfg.algorithm.dpo, cfg.rollout
+    assert w.reference is not None, "DPO needs the reference actor"
+    learner: PairLearner = w.learner  # type: ignore[assignment]
+    spec = SamplingSpec(n=d.samples_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                        top_p=r.top_p, top_k=r.top_k, stop=r.stop)
+    cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
+    rng = random.Random(cfg.run.seed)
+    version, timer = start_step, PhaseTimer()
+    with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
+        for rnd in range(start_step, d.rounds):
+            timer.reset()
+            t0 = time.perf_counter()
+            batch_prompts = [prompts[i] for i in cursor.take(d.prompts_per_round)]
+            seeds = [request_seed(cfg.run.seed, rnd, j, d.samples_per_prompt) for j in range(len(batch_prompts))]
+            with timer.phase("rollout"):
+                rollouts = w.rollout.generate(batch_prompts, seeds, spec)
+            with timer.phase("verify"):
+                scored = w.verifier.score(rollouts)
+            pairs, skipped = pair_up(scored, d.samples_per_prompt, d.pairing, rng)
+            metrics = rollout_metrics(scored, version)
+            metrics.update({"dpo/pairs": float(len(pairs)), "dpo/skipped_prompts": float(skipped)})
+            write_pairs(run_dir, rnd, pairs)
+            if pairs:
+                batch = pair_rows(pairs, pad_id)
+                with timer.phase("reference"):
+                    batch = replace(batch, ref_logprobs_B_T=w.reference.logprobs(batch.input_ids_B_T,
+                                                                                 batch.attention_mask_B_T))
+                with timer.phase("train"):
+                    metrics.update(learner.train_pairs(batch, rnd, d.epochs))
+                with timer.phase("sync"):
+                    report = w.sync.sync(version + 1)
+                version = report.version
+                metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
+            end_step(cfg, w.learner, run_dir, rnd, d.rounds, version, bool(pairs), metrics, scored, timer, t0,
+                     writer, on_step)

@@ -1,0 +1,95 @@
+"""The synchronous online RL loop shared by GRPO (DAPO / Dr. GRPO by config), NFT and online RFT:
+prompts -> rollout -> verify -> (reference) -> batch -> learner -> sync, every phase timed, one metrics row and one
+rollouts file per step. The algorithm (rlpt.algorithms.ALGORITHMS) decides which groups to keep, how to build the
+batch and the loss; the control flow is the same.
+
+Dynamic sampling: groups the algorithm cannot learn from (GRPO with dynamic_sampling: all-equal rewards; NFT:
+r_hat in {0, 1}; RFT: no correct sample) are dropped and the batch is refilled from new prompts, at most
+`resample_tries` extra rounds; the kept fraction is logged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from rlpt.algorithms import ALGORITHMS
+from rlpt.config import RlptConfig
+from rlpt.data import PromptCursor
+from rlpt.loops.common import StepCallback, Workers, end_step, rollout_metrics
+from rlpt.metrics import MetricsWriter, PhaseTimer
+from rlpt.types import Prompt, SamplingSpec, ScoredRollout, TrainBatch, request_seed
+
+
+def sampling_spec(cfg: RlptConfig) -> SamplingSpec:
+    r = cfg.rollout
+    return SamplingSpec(n=r.samples_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                        top_p=r.top_p, top_k=r.top_k, stop=r.stop)
+
+
+def collect_groups(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], cursor: PromptCursor, step: int,
+                   timer: PhaseTimer) -> tuple[list[ScoredRollout], list[ScoredRollout], int]:
+    """Sample and score until `prompts_per_step` groups are kept. Returns (kept, every scored rollout, #groups)."""
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    algo = ALGORITHMS[cfg.algorithm.name]
+    spec = sampling_spec(cfg)
+    kept: list[ScoredRollout] = []
+    seen: list[ScoredRollout] = []
+    tries = 1 + algo.resample_tries(cfg)
+    for attempt in range(tries):
+        need = P - len(kept) // G
+        batch = [prompts[i] for i in cursor.take(need)]
+        seeds = [request_seed(cfg.run.seed, step, attempt * P + j, G) for j in range(len(batch))]
+        with timer.phase("rollout"):
+            rollouts = w.rollout.generate(batch, seeds, spec)
+        with timer.phase("verify"):
+            scored = w.verifier.score(rollouts)
+        seen += scored
+        keep = algo.keep_groups(scored, cfg)
+        kept += [s for p in range(need) if keep[p] for s in scored[p * G:(p + 1) * G]]
+        if len(kept) // G >= P:
+            break
+    return kept, seen, len(seen) // G
+
+
+def batch_metrics(cfg: RlptConfig, batch: TrainBatch) -> dict[str, float]:
+    """Algorithm-specific counts of what the learner trains on."""
+    rows = float(batch.num_rows)
+    if cfg.algorithm.name == "nft":
+        assert batch.positive_B is not None
+        return {"nft/neg_frac": float((batch.positive_B == 0).float().mean()), "nft/rows": rows}
+    if cfg.algorithm.name == "rft":
+        return {"rft/kept": rows}
+    return {}
+
+
+def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
+        on_step: StepCallback | None = None, start_step: int = 0) -> None:
+    algo = ALGORITHMS[cfg.algorithm.name]
+    cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
+    version = start_step
+    timer = PhaseTimer()
+    with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
+        for step in range(start_step, cfg.run.steps):
+            timer.reset()
+            t0 = time.perf_counter()
+            kept, seen, generated_groups = collect_groups(cfg, w, prompts, cursor, step, timer)
+            metrics = rollout_metrics(seen, version)
+            metrics["dynamic/kept_frac"] = len(kept) / max(len(seen), 1)
+            batch = algo.build_batch(kept, cfg, pad_id)
+            if batch is not None:
+                metrics.update(batch_metrics(cfg, batch))
+                if w.reference is not None:
+                    with timer.phase("reference"):
+                        ref = w.reference.logprobs(batch.input_ids_B_T, batch.attention_mask_B_T)
+                    batch = replace(batch, ref_logprobs_B_T=ref)
+                with timer.phase("train"):
+                    metrics.update(w.learner.train_step(batch, step))
+                with timer.phase("sync"):
+                    report = w.sync.sync(version + 1)
+                version = report.version
+                metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
+            end_step(cfg, w.learner, run_dir, step, cfg.run.steps, version, batch is not None, metrics, seen,
+                     timer, t0, writer, on_step)

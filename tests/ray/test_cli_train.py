@@ -1,0 +1,28 @@
+"""The console command a user types: `rlpt train` with overrides, on a local Ray cluster it starts itself."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlpt.metrics import read_metrics
+
+pytestmark = pytest.mark.ray
+RLPT = str(Path(sys.executable).parent / "rlpt")
+
+
+def test_rlpt_train_console_command(tmp_path):
+    res = subprocess.run([RLPT, "train", "run.steps=2", f"run.root={tmp_path}", "run.name=cli"], capture_output=True,
+                         text=True, timeout=600, env={**__import__("os").environ, "RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trained 2 grpo steps" in res.stdout
+    assert "reward" in res.stderr  # the live progress bar (rich, on stderr)
+    assert [r["step"] for r in read_metrics(tmp_path / "cli" / "metrics.jsonl")] == [0, 1]
+    assert (tmp_path / "cli" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+
+
+def test_rlpt_train_bad_config_fails_fast_with_the_key(tmp_path):
+    res = subprocess.run([RLPT, "train", "learner.zero_stag=3", f"run.root={tmp_path}"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "learner.zero_stag: unknown key" in res.stderr

@@ -1,0 +1,79 @@
+"""The default `rlpt train` on real components: it learns (two seeds), and its run directory is complete."""
+
+import json
+
+import pytest
+import torch
+
+from actors.launch import train
+from rlpt.config import load_config
+from rlpt.metrics import read_metrics
+from rlpt.rollout_log import read_rollouts
+
+pytestmark = pytest.mark.ray
+
+REQUIRED = ["step", "policy_version", "reward/mean", "reward/correct_frac", "tokens/generated", "timing/rollout",
+            "timing/verify", "timing/train", "timing/sync", "timing/step", "sync/probe_max_abs_diff",
+            "logprob_gap/mean"]
+
+
+@pytest.fixture(scope="module")
+def default_runs(ray_cluster, tiny_root):
+    """The built-in default run (no CONFIG), for two seeds; only run.root/name/seed are set."""
+    out = {}
+    for seed in (0, 1):
+        cfg = load_config(None, [f"run.root={tiny_root}", f"run.name=default-s{seed}", f"run.seed={seed}"])
+        seconds = train(cfg, tiny_root / f"default-s{seed}")
+        out[seed] = (cfg, tiny_root / f"default-s{seed}", seconds)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_run_learns(default_runs, seed):
+    cfg, run_dir, seconds = default_runs[seed]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    rewards = [r["reward/mean"] for r in rows]
+    curve = {r["step"]: round(r["reward/mean"], 3) for r in rows if r["step"] % 10 == 0}
+    print(f"seed {seed}: {seconds:.0f}s, reward every 10 steps: {json.dumps(curve)}")
+    assert len(rows) == cfg.run.steps
+    assert rewards[0] <= 0.2
+    assert sum(rewards[-10:]) / 10 >= 0.6, curve
+    assert seconds < 600
+
+
+def test_run_directory_is_complete(default_runs):
+    cfg, run_dir, _ = default_runs[0]
+    assert load_config(run_dir / "config.yaml") == cfg
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    for r in rows:
+        assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
+        assert r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance and r["logprob_gap/mean"] < 1e-3
+    assert [r["policy_version"] for r in rows] == list(range(1, cfg.run.steps + 1))
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    table = read_rollouts(run_dir)
+    per_step = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    assert table.num_rows == cfg.run.steps * per_step
+    assert {"prompt", "completion", "reward", "error", "policy_version"} <= set(table.column_names)
+
+
+def test_final_checkpoint_loads_in_transformers_and_vllm(default_runs, ray_cluster):
+    from transformers import AutoModelForCausalLM
+
+    from actors.rollout import RolloutWorker, engine_options
+    from rlpt.algorithms.common import token_logprobs
+    from rlpt.models import load_tokenizer
+
+    cfg, run_dir, _ = default_runs[0]
+    ckpt = run_dir / "checkpoints" / f"step_{cfg.run.steps:06d}"
+    assert (ckpt / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    ids = load_tokenizer(ckpt)("3+4=7", add_special_tokens=True)["input_ids"]
+    with torch.no_grad():
+        want = token_logprobs(model(torch.tensor([ids])).logits, torch.tensor([ids]))[0, 1:]
+    engine = ray_cluster.remote(RolloutWorker).options(num_cpus=1).remote("ckpt", engine_options(cfg, str(ckpt)),
+                                                                         str(ckpt))
+    try:
+        got = torch.tensor(ray_cluster.get(engine.probe.remote(ids), timeout=300))
+    finally:
+        ray_cluster.kill(engine)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from rlpt.algorithms.grpo import aggregate
+from rlpt.algorithms.grpo import advantages
+from rlpt.batching import aggregation_weights, learner_layout, plan_mini_batches, rewards_by_group, token_rows
+from rlpt.config import LearnerConfig, load_config
+from rlpt.types import Prompt, Rollout, ScoredRollout
+
+pytestmark = pytest.mark.unit
+
+
+def scored(uid, prompt_ids, resp, reward, lps=None):
+    p = Prompt(uid=uid, text=uid, answer="1", prompt_ids=tuple(prompt_ids))
+    ro = Rollout(prompt=p, sample_index=0, response_ids_T=tuple(resp), logprobs_T=tuple(lps or [-1.0] * len(resp)),
+                 text="", finish_reason="stop", policy_version=0)
+    return ScoredRollout(ro, reward=reward, correct=reward > 0)
+
+
+def test_rows_masks_and_advantages():
+    # group of 2: rewards 1, 0 -> "none" scaling advantages +0.5, -0.5
+    s = [scored("a", [5, 6], [7, 8, 9], 1.0, [-0.1, -0.2, -0.3]), scored("a", [5, 6], [7], 0.0, [-0.4])]
+    adv = advantages(s, load_config(None, ["algorithm.grpo.scale_rewards=none", "rollout.samples_per_prompt=2"]))
+    assert adv.tolist() == [0.5, -0.5]
+    b = token_rows(s, adv, pad_id=0)
+    assert b.input_ids_B_T.tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
+    assert b.attention_mask_B_T.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert b.loss_mask_B_T.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]]
+    assert b.advantages_B_T.tolist() == [[0, 0, 0.5, 0.5, 0.5], [0, 0, -0.5, 0, 0]]
+    assert b.rollout_logprobs_B_T[0, 2:].tolist() == pytest.approx([-0.1, -0.2, -0.3])
+    assert b.rollout_logprobs_B_T[1, 2].item() == pytest.approx(-0.4)
+
+
+def test_overlong_shaping_enters_advantages():
+    # max_new=4, buffer=2, penalty=1: lengths 4 -> -1.0 (L > max-buffer: (2-4)/2 = -1), 1 -> 0
+    s = [scored("a", [1], [2, 3, 4, 5], 1.0), scored("a", [1], [2], 1.0)]
+    cfg = load_config(None, ["algorithm.grpo.scale_rewards=none", "rollout.samples_per_prompt=2",
+                             "rollout.max_new_tokens=4", "algorithm.grpo.overlong={enabled: true, buffer_len: 2}"])
+    assert advantages(s, cfg).tolist() == [-0.5, 0.5]
+
+
+def test_groups_must_be_whole_and_pure():
+    with pytest.raises(ValueError, match="whole groups"):
+        rewards_by_group([scored("a", [1], [2], 1.0)] * 3, 2)
+    with pytest.raises(ValueError, match="mix prompts"):
+        rewards_by_group([scored("a", [1], [2], 1.0), scored("b", [1], [2], 1.0)], 2)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_aggregation_weights_reproduce_aggregate(mode):
+    torch.manual_seed(0)
+    loss = torch.randn(5, 7)
+    mask = (torch.rand(5, 7) > 0.4).float()
+    mask[3] = 0  # an empty row
+    w = aggregation_weights(mask, mode, norm_len=7)
+    assert (loss * w).sum().item() == pytest.approx(aggregate(loss, mask, mode, norm_len=7).item(), rel=1e-6)
+
+
+def test_layout_and_minibatch_plan_split_rows_exactly_once():
+    layout = learner_layout(10, LearnerConfig(num_ranks=2, mini_batches=2, micro_batch_size=2))
+    # 10 rows -> 5 per mini-batch -> 3 per rank -> micro 2 -> 2 micro-batches per rank (4 rows, 1 padded)
+    assert (layout.micro, layout.micro_per_rank, layout.rows_per_mini_batch) == (2, 2, 8)
+    s = [scored(f"p{i // 2}", [1], [10 + i], float(i % 2)) for i in range(10)]
+    batch = token_rows(s, torch.arange(10.0), pad_id=0)
+    plan = plan_mini_batches(batch, layout, "token-mean", None, pad_id=0, seed=3)
+    assert len(plan) == 2 and all(len(mb) == 2 for mb in plan)
+    rows = [int(t) for mb in plan for share in mb for t, m in zip(share.input_ids_B_T[:, 1], share.loss_mask_B_T[:, 1])
+            if m > 0]
+    assert sorted(rows) == list(range(10, 20))  # every real row once, padding carries no loss
+    for mb in plan:  # per mini-batch the weights sum to 1 (token-mean), split over both ranks
+        assert sum(float(share.loss_weights_B_T.sum()) for share in mb) == pytest.approx(1.0)
