@@ -47,17 +47,20 @@ def main() -> None:
         wall = time.perf_counter() - start
         rows = read_metrics(run_dir / "metrics.jsonl")
         rewards = [r["reward/mean"] for r in rows]
-        res = {"loop": name, "seed": args.seed, "wall_s": round(wall, 1), "steps": len(rows),
-               "samples": int(sum(r["tokens/generated"] / max(r["response/len_mean"], 1e-9) for r in rows)),
-               "reward_first": round(rewards[0], 3), "reward_last10": round(sum(rewards[-10:]) / len(rewards[-10:]), 3),
+        k = max(2, min(10, len(rows) // 5))  # tail: last 10 steps, or the last fifth of the rounds (as the tests)
+        samples = sum(r.get("rft/samples", r["tokens/generated"] / max(r["response/len_mean"], 1e-9)) for r in rows)
+        res = {"loop": name, "seed": args.seed, "wall_s": round(wall, 1), "steps": len(rows), "samples": int(samples),
+               "reward_first": round(rewards[0], 3), "tail": k, "reward_tail": round(sum(rewards[-k:]) / k, 3),
+               "reward_final": round(rewards[-1], 3),
                "curve": {r["step"]: round(r["reward/mean"], 3) for r in rows if r["step"] % 10 == 0 or
                          len(rows) <= 20}}
         results.append(res)
         print(json.dumps(res), flush=True)
-    print(f"{'loop':<11} {'steps':>5} {'wall s':>7} {'samples':>8} {'r first':>8} {'r last10':>9}")
+    print(f"{'loop':<11} {'steps':>5} {'wall s':>7} {'samples':>8} {'r first':>8} {'r tail':>7} {'tail':>4} "
+          f"{'r final':>7}")
     for r in results:
         print(f"{r['loop']:<11} {r['steps']:>5} {r['wall_s']:>7} {r['samples']:>8} {r['reward_first']:>8} "
-              f"{r['reward_last10']:>9}")
+              f"{r['reward_tail']:>7} {r['tail']:>4} {r['reward_final']:>7}")
 
 
 if __name__ == "__main__":
