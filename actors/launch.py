@@ -64,6 +64,7 @@ class Graph:
     verifiers: list[Any]
     reference: Any | None
     sync: EngineSync
+    placement_group: Any
 
     def actors(self) -> list[Any]:
         return [*self.learner_ranks, *self.engines, *self.verifiers, *([self.reference] if self.reference else [])]
@@ -133,7 +134,7 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     workers = Workers(
         rollout=RolloutPool(engines, names, T), verifier=VerifierPool(verifiers, vnames, cfg.verifier.timeout_s),
         learner=learner, sync=syncer, reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, engines, names, verifiers, reference, syncer)
+    return Graph(workers, ranks, engines, names, verifiers, reference, syncer, pg)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -142,6 +143,11 @@ def shutdown(graph: Graph | None) -> None:
     if graph is not None:
         for actor in graph.actors():
             ray.kill(actor, no_restart=True)
+        # The learners' placement group reserves its bundles until removed: without this, every graph built in
+        # a long-lived driver (tests, notebooks) leaks CPUs/GPUs until nothing schedules.
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(graph.placement_group)
 
 
 @dataclass(frozen=True)

@@ -50,3 +50,28 @@ def test_loop_learns_on_the_builtin_task(ray_cluster, tiny_root, case):
         sft = pq.read_table(run_dir / "sft" / "round_000003.parquet")
         assert sft.num_rows == rows[3]["rft/kept"] > 0
         assert {"prompt", "completion", "answer"} <= set(sft.column_names)  # reusable as SFT data
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_rft_restart_from_base_rebuilds_the_learner(ray_cluster, tiny_root, stage):
+    """`restart: base` on real DeepSpeed ranks: after training rounds, reset_to_base gives back the base weights."""
+    from actors.launch import build_graph, prepare, shutdown
+    from rlpt.loops import rft
+
+    cfg = load_config(None, [f"run.root={tiny_root}", f"run.name=rft-base-z{stage}", "algorithm.name=rft",
+                             "algorithm.rft.mode=rounds", "algorithm.rft.rounds=2", "algorithm.rft.prompts_per_round=32",
+                             "algorithm.rft.epochs=1", "algorithm.rft.restart=base", "learner.num_ranks=2",
+                             f"learner.zero_stage={stage}", "learner.lr=1e-2"])
+    prep = prepare(cfg, tiny_root / f"rft-base-z{stage}")
+    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    try:
+        base = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+        rft.run(cfg, graph.workers, prep.prompts, tiny_root / f"rft-base-z{stage}", prep.tokenizer.pad_token_id)
+        trained = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+        graph.workers.learner.reset_to_base()
+        reset = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+    finally:
+        shutdown(graph)
+    assert trained != base and reset == base
+    rows = read_metrics(tiny_root / f"rft-base-z{stage}" / "metrics.jsonl")
+    assert len(rows) == 2 and all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows)

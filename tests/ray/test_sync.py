@@ -47,3 +47,10 @@ def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_ro
         assert {r.policy_version for r in again} == {1}
     finally:
         shutdown(graph)
+    # Everything the graph reserved is released (a leak here starves the next graph of CPUs).
+    import time
+
+    deadline = time.monotonic() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < ray_cluster.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray_cluster.available_resources()
+        time.sleep(0.5)
