@@ -5,6 +5,8 @@ Everything Ray-specific about building the graph is here; the loops only see rlp
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ from rlpt.batching import learner_layout, pair_layout
 from rlpt.config import RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.loops import dpo, online, rft
-from rlpt.loops.common import StepCallback, Workers, total_steps
+from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint, total_steps
+from rlpt.metrics import truncate_metrics
 from rlpt.models import load_tokenizer, resolve_model_path
 from rlpt.types import Prompt
 
@@ -59,15 +62,19 @@ class RemoteReference:
 class Graph:
     workers: Workers
     learner_ranks: list[Any]
-    engines: list[Any]
-    engine_names: list[str]
-    verifiers: list[Any]
+    pool: RolloutPool
+    verifier_pool: VerifierPool
     reference: Any | None
     sync: EngineSync
     placement_group: Any
 
+    @property
+    def engines(self) -> list[Any]:
+        return self.pool.workers
+
     def actors(self) -> list[Any]:
-        return [*self.learner_ranks, *self.engines, *self.verifiers, *([self.reference] if self.reference else [])]
+        return [*self.learner_ranks, *self.pool.workers, *self.verifier_pool.workers,
+                *([self.reference] if self.reference else [])]
 
 
 def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: float) -> list[Any]:
@@ -77,6 +84,28 @@ def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: floa
     if pending:
         raise TimeoutError(f"{what}: {', '.join(labels[refs.index(r)] for r in pending)} not ready in {timeout_s}s")
     return ray.get(refs)
+
+
+def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], names: list[str], generation: int
+                    ) -> None:
+    """(Re-)form the weight-sync group: learner rank 0 + every member (all TP workers of each engine)."""
+    import ray
+
+    port = ray.get(rank0.open_sync_group.remote(host), timeout=cfg.run.actor_timeout_s)
+    tp = cfg.rollout.tensor_parallel_size
+    labels, bases, nxt = ["learner rank 0"], [], 1
+    for m, name in zip(members, names):
+        width = 1 if name == "reference" else tp
+        labels += [f"{name} (tp {t})" if width > 1 else name for t in range(width)]
+        bases.append(nxt)
+        nxt += width
+    spec = GroupSpec(name=f"weights-{generation}", host=host, port=port, backend=resolve_backend(cfg.sync.backend),
+                     timeout_s=cfg.sync.timeout_s, labels=tuple(labels))
+    joins = [rank0.join_sync_group.remote(spec)] + [m.join_sync.remote(spec, b) for m, b in zip(members, bases)]
+    try:
+        _wait_all("weight-sync group", joins, ["learner rank 0", *names], cfg.sync.timeout_s + 30)
+    except TimeoutError as e:
+        raise SyncGroupError(str(e)) from None
 
 
 def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequence[Prompt]) -> Graph:
@@ -89,13 +118,17 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     pg = placement.learner_placement_group(cfg, T)
     ranks = [ray.remote(LearnerRank).options(**placement.learner_options(cfg, pg, k)).remote(k, K, cfg, str(model_path))
              for k in range(K)]
-    names = [f"rollout-{i}" for i in range(N)]
     opts = engine_options(cfg, str(model_path))
-    engines = [ray.remote(RolloutWorker).options(**placement.engine_options(cfg)).remote(n, opts, str(model_path))
-               for n in names]
-    vnames = [f"verifier-{i}" for i in range(M)]
-    verifiers = [ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
-        n, cfg.verifier.name, cfg.verifier.timeout_s, cfg.verifier.error_reward) for n in vnames]
+
+    def make_engine(name: str) -> Any:
+        return ray.remote(RolloutWorker).options(**placement.engine_options(cfg)).remote(name, opts, str(model_path))
+
+    def make_verifier(name: str) -> Any:
+        return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
+            name, cfg.verifier.name, cfg.verifier.timeout_s, cfg.verifier.error_reward)
+
+    names, vnames = [f"rollout-{i}" for i in range(N)], [f"verifier-{i}" for i in range(M)]
+    engines, verifiers = [make_engine(n) for n in names], [make_verifier(n) for n in vnames]
     reference = None
     if needs_reference(cfg):
         reference = ray.remote(ReferenceActor).options(**placement.engine_options(cfg)).remote(
@@ -112,29 +145,29 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
               [f"learner rank {k}" for k in range(K)] + names + vnames, T)
     learner = LearnerGroup(ranks, layout, cfg, tokenizer.pad_token_id, T)
     plan = learner.sync_plan()
-    sync_port = ray.get(ranks[0].open_sync_group.remote(addr), timeout=T)
-    tp = cfg.rollout.tensor_parallel_size
-    labels = ["learner rank 0", *(f"{n} (tp {t})" if tp > 1 else n for n in names for t in range(tp))]
-    members, member_names = list(engines), list(names)
-    if reference is not None and reference_syncs(cfg):
-        labels.append("reference")
-        members.append(reference)
-        member_names.append("reference")
-    spec = GroupSpec(name="weights-0", host=addr, port=sync_port, backend=resolve_backend(cfg.sync.backend),
-                     timeout_s=cfg.sync.timeout_s, labels=tuple(labels))
-    joins = [ranks[0].join_sync_group.remote(spec)] + [
-        m.join_sync.remote(spec, 1 + i * tp) for i, m in enumerate(members)]
-    try:
-        _wait_all("weight-sync group", joins, ["learner rank 0", *member_names], cfg.sync.timeout_s + 30)
-    except TimeoutError as e:
-        raise SyncGroupError(str(e)) from None
+    pool = RolloutPool(engines, names, T, factory=make_engine, max_restarts=cfg.rollout.max_restarts)
+    extras = [reference] if reference is not None and reference_syncs(cfg) else []
+
+    def members() -> tuple[list[Any], list[str]]:
+        return [*pool.workers, *extras], [*pool.names, *(["reference"] if extras else [])]
+
+    generation = [0]
+
+    def before_sync() -> None:
+        if pool.check_alive(T):  # replace dead engines, then re-form the group with them: only ever between collectives
+            pool.replace_dead(T)
+            generation[0] += 1
+            form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
+
+    form_sync_group(cfg, ranks[0], addr, *members(), 0)
     probe_ids = list(prompts[0].prompt_ids) + tokenizer(" 12 34 the answer", add_special_tokens=False)["input_ids"]
-    syncer = EngineSync(learner, members, member_names, plan, probe_ids, cfg.sync.probe_tolerance,
-                        cfg.sync.timeout_s + 30)
-    workers = Workers(
-        rollout=RolloutPool(engines, names, T), verifier=VerifierPool(verifiers, vnames, cfg.verifier.timeout_s),
-        learner=learner, sync=syncer, reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, engines, names, verifiers, reference, syncer, pg)
+    syncer = EngineSync(learner, members, plan, probe_ids, cfg.sync.probe_tolerance, cfg.sync.timeout_s + 30,
+                        before_sync)
+    vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make_verifier,
+                         max_restarts=cfg.verifier.max_restarts)
+    workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
+                      reference=None if reference is None else RemoteReference(reference, T))
+    return Graph(workers, ranks, pool, vpool, reference, syncer, pg)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -164,21 +197,41 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
     save_config(cfg, run_dir / "config.yaml")
     model_path = resolve_model_path(cfg)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
-    tokenized = tokenize_prompts(load_prompts(cfg.data, cfg.run.seed), tok, cfg.data)
+    loaded = load_prompts(cfg.data, cfg.run.seed)
+    tokenized = tokenize_prompts(loaded, tok, cfg.data)
+    report = {"prompts": len(loaded), "kept": len(tokenized.prompts),
+              "skipped_too_long": len(tokenized.skipped_too_long), "max_prompt_tokens": cfg.data.max_prompt_tokens,
+              "skipped_uids": tokenized.skipped_too_long[:100]}
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if tokenized.skipped_too_long:
+        print(f"[rlpt] skipped {len(tokenized.skipped_too_long)} of {len(loaded)} prompts longer than "
+              f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} (see {run_dir / 'data_report.json'})",
+              file=sys.stderr)
     return PreparedRun(model_path, tok, tokenized.prompts, len(tokenized.skipped_too_long))
 
 
-def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None) -> float:
-    """Run the configured loop end to end; returns wall seconds. Actors are torn down even on errors."""
+def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, resume: bool = False,
+          from_step: int | None = None) -> float:
+    """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
+    seconds. Actors are torn down even on errors."""
     import ray
 
     start = time.perf_counter()
+    state, ckpt = None, None
+    if resume:
+        ckpt = latest_checkpoint(run_dir, from_step)
+        state = LoopState.read(ckpt / "loop_state.json")
     prep = prepare(cfg, run_dir)
     started_ray = not ray.is_initialized()
     graph = None
     try:
         graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
-        LOOPS[cfg.algorithm.name](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id, on_step)
+        if state is not None and ckpt is not None:
+            graph.workers.learner.load_state(ckpt / "state")
+            graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
+            truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
+        LOOPS[cfg.algorithm.name](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id, on_step,
+                                  state)
     finally:
         shutdown(graph)
         if started_ray:

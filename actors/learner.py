@@ -293,25 +293,47 @@ class LearnerRank:
         return token_logprobs(self.engine(input_ids=t).logits, t)[0, 1:].tolist()
 
     def save_hf(self, out_dir: str) -> None:
-        """Write an HF checkpoint (safetensors) loadable by transformers and vLLM. Collective under ZeRO-3."""
+        """Write an HF checkpoint (safetensors) into `out_dir`, loadable by transformers and vLLM. Collective under
+        ZeRO-3. The caller makes the whole checkpoint atomic (rlpt.loops.common.save_checkpoint)."""
         state = self._gathered_state()
         if state is None:
             return
         from safetensors.torch import save_file
 
         out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"),
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "model.safetensors"),
                   metadata={"format": "pt"})
         src = Path(self.model_path)
         for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                      "special_tokens_map.json", "chat_template.jinja"):
             if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+                shutil.copy2(src / name, out / name)
+
+    def save_state(self, out_dir: str) -> None:
+        """Everything exact resume needs from this rank: DeepSpeed model, optimizer and LR-scheduler state
+        (collective), and this process's RNG states."""
+        import random
+
+        import numpy as np
+
+        self.engine.save_checkpoint(out_dir, tag="deepspeed", save_latest=False)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        torch.save(rng, Path(out_dir) / f"rng_rank{self.rank}.pt")
+
+    def load_state(self, in_dir: str) -> None:
+        import random
+
+        import numpy as np
+
+        path, _ = self.engine.load_checkpoint(in_dir, tag="deepspeed", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed state under {in_dir}")
+        rng = torch.load(Path(in_dir) / f"rng_rank{self.rank}.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
 
 
 class LearnerTimeout(TimeoutError):
@@ -390,6 +412,12 @@ class LearnerGroup:
 
     def save_hf(self, out_dir: Path) -> None:
         self._all("save_hf", [r.save_hf.remote(str(out_dir)) for r in self.ranks])
+
+    def save_state(self, out_dir: Path) -> None:
+        self._all("save_state", [r.save_state.remote(str(out_dir)) for r in self.ranks])
+
+    def load_state(self, in_dir: Path) -> None:
+        self._all("load_state", [r.load_state.remote(str(in_dir)) for r in self.ranks])
 
     def send_refs(self, version: int) -> list[Any]:
         """Start `send_weights` on every rank (rank 0 broadcasts; others join ZeRO-3 gathers)."""

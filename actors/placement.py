@@ -43,7 +43,7 @@ def init_ray(cfg: RlptConfig) -> str:
         return address
     # Local cluster: plug-ins (`verifier.name: my_mod:fn`) import from where rlpt runs, as they would in-process.
     env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), include_dashboard=False,
+    ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), include_dashboard=cfg.cluster.dashboard,
              dashboard_host=cfg.cluster.dashboard_host, runtime_env=env, log_to_driver=True)
     return "local"
 

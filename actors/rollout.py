@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
@@ -134,33 +135,88 @@ class RolloutTimeout(TimeoutError):
     pass
 
 
+class RolloutWorkerLost(RuntimeError):
+    """Rollout engines died beyond what the pool may replace (`rollout.max_restarts`), or none is left."""
+
+
 class RolloutPool:
     """Driver-side fan-out over N rollout workers. Prompts go out in small chunks, a new chunk to whichever worker
-    finishes first, so a slow worker holds up at most one chunk."""
+    finishes first, so a slow worker holds up at most one chunk.
 
-    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float, chunks_per_worker: int = 2):
+    Faults: when an engine dies, its in-flight chunk goes back to the queue and is served by the live engines, so
+    every prompt is generated exactly once; the dead engine is replaced between steps (`replace_dead`, called by
+    the sync before its broadcast, so the replacement holds the current weights and version before it serves).
+    """
+
+    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float,
+                 factory: Callable[[str], Any] | None = None, max_restarts: int = 3, chunks_per_worker: int = 2):
         self.workers, self.names = list(workers), list(names)
         self.timeout_s, self.chunks_per_worker = timeout_s, chunks_per_worker
+        self.factory, self.max_restarts = factory, max_restarts
+        self.dead: set[int] = set()
+        self.restarts = 0
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
         import ray
+        from ray.exceptions import RayActorError
 
-        size = max(1, math.ceil(len(prompts) / (len(self.workers) * self.chunks_per_worker)))
+        live = [w for w in range(len(self.workers)) if w not in self.dead]
+        size = max(1, math.ceil(len(prompts) / (max(len(live), 1) * self.chunks_per_worker)))
         todo = [(i, prompts[i:i + size], seeds[i:i + size]) for i in range(0, len(prompts), size)]
         todo.reverse()
         results: dict[int, list[Rollout]] = {}
-        pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk start, worker index)
-        idle = list(range(len(self.workers)))
+        pending: dict[Any, tuple[int, int, Any, Any]] = {}  # ref -> (chunk start, worker, prompts, seeds)
+        idle = live
         while todo or pending:
             while todo and idle:
                 w = idle.pop()
                 start, ps, ss = todo.pop()
-                pending[self.workers[w].generate.remote(ps, ss, spec)] = (start, w)
+                pending[self.workers[w].generate.remote(ps, ss, spec)] = (start, w, ps, ss)
+            if not pending:
+                raise RolloutWorkerLost(f"rollout: every engine is dead ({', '.join(self.names)})")
             done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
             if not done:
-                busy = ", ".join(self.names[w] for _, w in pending.values())
+                busy = ", ".join(self.names[w] for _, w, _, _ in pending.values())
                 raise RolloutTimeout(f"rollout: no chunk finished within {self.timeout_s}s (busy: {busy})")
-            start, w = pending.pop(done[0])
-            results[start] = ray.get(done[0])
+            start, w, ps, ss = pending.pop(done[0])
+            try:
+                results[start] = ray.get(done[0])
+            except RayActorError as e:
+                self.dead.add(w)
+                todo.append((start, ps, ss))  # re-issue: the lost chunk produced nothing we kept
+                print(f"[rlpt] {self.names[w]} died during generation ({type(e).__name__}); re-issuing its "
+                      f"{len(ps)} prompts to the live engines", file=sys.stderr)
+                continue
             idle.append(w)
         return [r for start in sorted(results) for r in results[start]]
+
+    def check_alive(self, timeout_s: float) -> set[int]:
+        """Ping every engine; mark the ones that are gone (a death between generation and the sync)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for w, worker in enumerate(self.workers):
+            if w in self.dead:
+                continue
+            try:
+                ray.get(worker.ping.remote(), timeout=timeout_s)
+            except RayActorError:
+                self.dead.add(w)
+                print(f"[rlpt] {self.names[w]} is gone (noticed before the sync)", file=sys.stderr)
+        return set(self.dead)
+
+    def replace_dead(self, timeout_s: float) -> list[int]:
+        """Start a fresh engine for each dead one (bounded by max_restarts). Returns the replaced indices."""
+        import ray
+
+        replaced = sorted(self.dead)
+        for w in replaced:
+            if self.factory is None or self.restarts >= self.max_restarts:
+                raise RolloutWorkerLost(f"{self.names[w]} died and the pool may not replace it (restarts so far "
+                                        f"{self.restarts}, rollout.max_restarts={self.max_restarts})")
+            self.workers[w] = self.factory(self.names[w])
+            ray.get(self.workers[w].ping.remote(), timeout=timeout_s)
+            self.restarts += 1
+            print(f"[rlpt] replaced {self.names[w]} (restart {self.restarts}/{self.max_restarts})", file=sys.stderr)
+        self.dead.clear()
+        return replaced

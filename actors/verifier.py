@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import sys
+from typing import Any, Callable, Sequence
 
 from rlpt.isolation import IsolatedScorer
 from rlpt.types import Rollout, ScoredRollout
@@ -29,25 +30,47 @@ class VerifierTimeout(TimeoutError):
 
 
 class VerifierPool:
-    """Driver-side fan-out: contiguous shares, one per worker, results back in input order."""
+    """Driver-side fan-out: contiguous shares, one per worker, results back in input order. A worker that dies is
+    replaced (bounded by `max_restarts`) and its share scored again by the replacement, so every rollout is scored
+    exactly once."""
 
     def __init__(self, workers: Sequence[Any], names: Sequence[str], per_item_timeout_s: float,
-                 slack_s: float = 60.0) -> None:
+                 factory: Callable[[str], Any] | None = None, max_restarts: int = 3, slack_s: float = 60.0) -> None:
         self.workers, self.names = list(workers), list(names)
         self.per_item_timeout_s, self.slack_s = per_item_timeout_s, slack_s
+        self.factory, self.max_restarts = factory, max_restarts
+        self.restarts = 0
 
     def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]:
         import ray
+        from ray.exceptions import RayActorError
 
         if not rollouts:
             return []
         size = math.ceil(len(rollouts) / len(self.workers))
         shares = [list(rollouts[i:i + size]) for i in range(0, len(rollouts), size)]
-        refs = [w.score.remote(s) for w, s in zip(self.workers, shares)]
-        # Each item is bounded by the per-call timeout inside the worker; this outer bound catches a dead actor.
-        timeout = self.per_item_timeout_s * size + self.slack_s
-        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if pending:
-            late = ", ".join(self.names[refs.index(r)] for r in pending)
-            raise VerifierTimeout(f"verify: {late} did not return within {timeout:.0f}s")
-        return [s for share in ray.get(refs) for s in share]
+        out: list[list[ScoredRollout] | None] = [None] * len(shares)
+        while any(o is None for o in out):
+            todo = [k for k, o in enumerate(out) if o is None]
+            refs = [self.workers[k].score.remote(shares[k]) for k in todo]
+            # Each item is bounded by the per-call timeout inside the worker; this outer bound catches a stuck actor.
+            timeout = self.per_item_timeout_s * size + self.slack_s
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            if pending:
+                late = ", ".join(self.names[todo[refs.index(r)]] for r in pending)
+                raise VerifierTimeout(f"verify: {late} did not return within {timeout:.0f}s")
+            for k, ref in zip(todo, refs):
+                try:
+                    out[k] = ray.get(ref)
+                except RayActorError as e:
+                    self._replace(k, e)
+        return [s for share in out for s in share]  # type: ignore[union-attr]
+
+    def _replace(self, k: int, err: Exception) -> None:
+        if self.factory is None or self.restarts >= self.max_restarts:
+            raise RuntimeError(f"{self.names[k]} died ({type(err).__name__}) and may not be replaced (restarts so far "
+                               f"{self.restarts}, verifier.max_restarts={self.max_restarts})") from err
+        self.workers[k] = self.factory(self.names[k])
+        self.restarts += 1
+        print(f"[rlpt] {self.names[k]} died ({type(err).__name__}); replaced it and re-scoring its share "
+              f"(restart {self.restarts}/{self.max_restarts})", file=sys.stderr)

@@ -165,12 +165,16 @@ class SyncMismatchError(RuntimeError):
 
 
 class EngineSync:
-    """Driver side of a sync (rlpt.loops.common.SyncService): start the learner's send and every engine's receive
-    together, wait with a deadline that names whoever is late, then probe engines against the learner."""
+    """Driver side of a sync (rlpt.loops.common.SyncService): start the learner's send and every member's receive
+    together, wait with a deadline that names whoever is late, then probe members against the learner.
 
-    def __init__(self, learner: Any, workers: Sequence[Any], names: Sequence[str], plan: SyncPlan,
-                 probe_ids: Sequence[int], tolerance: float, timeout_s: float) -> None:
-        self.learner, self.workers, self.names = learner, list(workers), list(names)
+    Membership is read at each sync (`members()`); `before_sync()` runs first and is where dead engines are
+    replaced and the group re-formed, so membership only ever changes between collectives."""
+
+    def __init__(self, learner: Any, members: Callable[[], tuple[list[Any], list[str]]], plan: SyncPlan,
+                 probe_ids: Sequence[int], tolerance: float, timeout_s: float,
+                 before_sync: Callable[[], None] | None = None) -> None:
+        self.learner, self.members, self.before_sync = learner, members, before_sync
         self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
 
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
@@ -183,10 +187,11 @@ class EngineSync:
         return ray.get(refs)
 
     def probe_diff(self) -> float:
+        workers, names = self.members()
         want = self.learner.probe(self.probe_ids)
-        got = self._wait("sync probe", [w.probe.remote(self.probe_ids) for w in self.workers], self.names)
+        got = self._wait("sync probe", [w.probe.remote(self.probe_ids) for w in workers], names)
         worst = 0.0
-        for name, lps in zip(self.names, got):
+        for name, lps in zip(names, got):
             diff = max(abs(a - b) for a, b in zip(lps, want))
             if diff > self.tolerance:
                 raise SyncMismatchError(f"after sync, {name} differs from the learner by {diff:.3g} in probe "
@@ -197,10 +202,13 @@ class EngineSync:
     def sync(self, version: int) -> Any:
         from rlpt.loops.common import SyncReport
 
+        if self.before_sync is not None:
+            self.before_sync()
+        workers, names = self.members()
         start = time.perf_counter()
         send = self.learner.send_refs(version)
-        recv = [w.receive_weights.remote(self.plan, version) for w in self.workers]
-        labels = [f"learner rank {i}" for i in range(len(send))] + self.names
+        recv = [w.receive_weights.remote(self.plan, version) for w in workers]
+        labels = [f"learner rank {i}" for i in range(len(send))] + names
         self._wait(f"weight sync v{version}", send + recv, labels)
         seconds = time.perf_counter() - start
         return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version)

@@ -78,9 +78,18 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise UsageError(f"rlpt train needs the actor stack (ray, vllm, deepspeed): {e}") from None
     from rlpt.loops.common import total_steps
 
-    cfg = _load(ns.args)
+    if ns.resume:
+        run_dir = Path(ns.resume)
+        path, overrides = split_config_args(ns.args)
+        if path is not None:
+            raise UsageError("with --resume the config is RUN_DIR/config.yaml; pass only key.path=value overrides")
+        if not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        cfg = _load(ns.args)
+        run_dir = Path(ns.run_dir) if ns.run_dir else Path(cfg.run.root) / cfg.run.name
     steps = total_steps(cfg)
-    run_dir = Path(ns.run_dir) if ns.run_dir else Path(cfg.run.root) / cfg.run.name
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]:.3f}"),
                TextColumn("step {task.fields[t]:.2f}s"), TimeElapsedColumn())
     with Progress(*columns, console=err) as bar:
@@ -89,7 +98,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         def on_step(step: int, m: dict[str, float]) -> None:
             bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
 
-        seconds = train(cfg, run_dir, on_step)
+        seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step)
     out.print(f"trained {steps} {cfg.algorithm.name} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")
     return 0
 
@@ -116,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train with the configured loop on a Ray cluster (local if none)")
     tr.add_argument("args", nargs="*", metavar="CONFIG|key.path=value")
     tr.add_argument("--run-dir", default=None, help="default: <run.root>/<run.name>")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    tr.add_argument("--from-step", type=int, default=None, help="with --resume: the checkpoint of this step")
     tr.set_defaults(fn=cmd_train)
 
     ev = sub.add_parser("eval", help="sample and verify completions with transformers (no Ray)")
@@ -135,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         return int(ns.fn(ns))
-    except (ConfigError, UsageError, DataError, ModelPathError, VerifierLoadError, FileExistsError) as e:
+    except (ConfigError, UsageError, DataError, ModelPathError, VerifierLoadError, FileExistsError,
+            FileNotFoundError, NotImplementedError) as e:
         err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
         return 2
 

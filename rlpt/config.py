@@ -111,6 +111,7 @@ class RolloutConfig(_Section):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     cpu_kv_cache_gib: int = Field(1, ge=1)
+    max_restarts: int = Field(3, ge=0, description="dead rollout engines replaced per run before giving up")
 
 
 # -------------------------------------------------------------------------------------------------- verifier
@@ -119,6 +120,7 @@ class VerifierConfig(_Section):
     num_workers: int = Field(1, ge=1)
     timeout_s: float = Field(10.0, gt=0)
     error_reward: float = Field(0.0, description="reward given to a rollout whose verifier raised or timed out")
+    max_restarts: int = Field(3, ge=0, description="dead verifier actors replaced per run before giving up")
 
 
 # ------------------------------------------------------------------------------------------------- algorithm
@@ -207,7 +209,9 @@ class SyncConfig(_Section):
 class ClusterConfig(_Section):
     address: str | None = Field(None, description="Ray address; None = RAY_ADDRESS or a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local cluster; None = enough for all")
-    dashboard_host: str = "127.0.0.1"
+    dashboard: bool = Field(False, description="start the Ray dashboard with a local cluster rlpt starts")
+    dashboard_host: str = Field("127.0.0.1", description="where that dashboard binds; 0.0.0.0 exposes it to the "
+                                                         "network (it can run arbitrary jobs: only on trusted nets)")
     gpus_per_learner: float = Field(0.0, ge=0)
     gpus_per_engine: float = Field(0.0, ge=0)
     colocate: bool = False

@@ -173,3 +173,16 @@ class PhaseTimer:
     def reset(self) -> None:
         """Forget the totals (call once per step, after logging)."""
         self._totals.clear()
+
+
+def truncate_metrics(path: Path, first_dropped_step: int) -> int:
+    """Drop rows with step >= `first_dropped_step` (written after the checkpoint a run resumes from), so the
+    resumed run appends exactly one row per step. Returns how many rows were dropped. Atomic (temp + rename)."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < first_dropped_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)

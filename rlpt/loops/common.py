@@ -3,11 +3,13 @@ the bookkeeping every loop shares: run directory, per-step rollout metrics, chec
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -18,10 +20,14 @@ from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout, TrainBatch
 
 
 class RolloutService(Protocol):
+    restarts: int  # dead engines replaced so far (a metric)
+
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]: ...
 
 
 class VerifierService(Protocol):
+    restarts: int  # dead verifier actors replaced so far (a metric)
+
     def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]: ...
 
 
@@ -33,6 +39,8 @@ class LearnerService(Protocol):
     def train_step(self, batch: TrainBatch, step: int) -> dict[str, float]: ...
 
     def save_hf(self, out_dir: Path) -> None: ...
+
+    def save_state(self, out_dir: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,20 +95,57 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:06d}"
 
 
-def save_checkpoint(learner: LearnerService, run_dir: Path, step: int, keep: int) -> Path:
-    """HF-format checkpoint (written to a temp dir and renamed by the learner), then keep only the last `keep`."""
+@dataclass(frozen=True)
+class LoopState:
+    """What a loop needs to continue exactly where a checkpoint was taken (saved as loop_state.json)."""
+
+    next_step: int
+    policy_version: int
+    cursor: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"next_step": self.next_step, "policy_version": self.policy_version, "cursor": self.cursor})
+
+    @staticmethod
+    def read(path: Path) -> "LoopState":
+        d = json.loads(path.read_text())
+        return LoopState(int(d["next_step"]), int(d["policy_version"]), dict(d["cursor"]))
+
+
+def save_checkpoint(learner: LearnerService, run_dir: Path, step: int, keep: int, state: LoopState) -> Path:
+    """One atomic checkpoint: HF weights at the top (loadable by transformers and vLLM), `state/` (every learner
+    rank's optimizer, LR schedule and RNG) and `loop_state.json`, written into `step_X.tmp` and renamed, so a
+    crash mid-write never leaves a half checkpoint that looks complete. Keeps the last `keep`."""
     out = checkpoint_dir(run_dir, step)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    learner.save_hf(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    learner.save_hf(tmp)
+    learner.save_state(tmp / "state")
+    (tmp / "loop_state.json").write_text(state.to_json())
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     done = sorted(p for p in out.parent.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return out
 
 
-def end_step(cfg: RlptConfig, learner: LearnerService, run_dir: Path, step: int, total: int, version: int,
+def latest_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    """The newest complete checkpoint (or the one of `step`); a clear error when there is none."""
+    done = sorted(p for p in (run_dir / "checkpoints").glob("step_*")
+                  if p.is_dir() and not p.name.endswith(".tmp") and (p / "loop_state.json").is_file())
+    if step is not None:
+        done = [p for p in done if p.name == f"step_{step:06d}"]
+    if not done:
+        what = f"step {step}" if step is not None else "any step"
+        raise FileNotFoundError(f"no complete checkpoint for {what} under {run_dir / 'checkpoints'}")
+    return done[-1]
+
+
+def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, version: int,
              trained: bool, metrics: dict[str, float], scored: Sequence[ScoredRollout], timer: "PhaseTimer",
-             t0: float, writer: "MetricsWriter", on_step: StepCallback | None) -> None:
+             t0: float, writer: "MetricsWriter", on_step: StepCallback | None, cursor: dict[str, Any]) -> None:
     """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row."""
     from rlpt.rollout_log import write_rollouts
 
@@ -109,7 +154,7 @@ def end_step(cfg: RlptConfig, learner: LearnerService, run_dir: Path, step: int,
     every = cfg.run.checkpoint_every
     if (every and (step + 1) % every == 0) or step + 1 == total:
         with timer.phase("checkpoint"):
-            save_checkpoint(learner, run_dir, step + 1, cfg.run.keep_checkpoints)
+            save_checkpoint(w.learner, run_dir, step + 1, cfg.run.keep_checkpoints, LoopState(step + 1, version, cursor))
     for key in ("sync/probe_max_abs_diff", "logprob_gap/mean"):
         metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
     metrics["sync/skipped"] = 0.0 if trained else 1.0
@@ -119,6 +164,8 @@ def end_step(cfg: RlptConfig, learner: LearnerService, run_dir: Path, step: int,
     rollout_s = metrics["timing/rollout"]
     metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s if rollout_s else 0.0
     metrics["policy_version"] = float(version)
+    metrics["faults/rollout_restarts"] = float(w.rollout.restarts)
+    metrics["faults/verifier_restarts"] = float(w.verifier.restarts)
     writer.write(step, metrics)
     if on_step is not None:
         on_step(step, metrics)

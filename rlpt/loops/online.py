@@ -18,7 +18,7 @@ from typing import Sequence
 from rlpt.algorithms import ALGORITHMS
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
-from rlpt.loops.common import StepCallback, Workers, end_step, rollout_metrics
+from rlpt.loops.common import LoopState, StepCallback, Workers, end_step, rollout_metrics
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import Prompt, SamplingSpec, ScoredRollout, TrainBatch, request_seed
 
@@ -66,10 +66,13 @@ def batch_metrics(cfg: RlptConfig, batch: TrainBatch) -> dict[str, float]:
 
 
 def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
-        on_step: StepCallback | None = None, start_step: int = 0) -> None:
+        on_step: StepCallback | None = None, resume: LoopState | None = None) -> None:
     algo = ALGORITHMS[cfg.algorithm.name]
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
-    version = start_step
+    start_step, version = 0, 0
+    if resume is not None:  # sampling seeds derive from (seed, step, position): nothing else to restore here
+        cursor.load_state_dict(resume.cursor)
+        start_step, version = resume.next_step, resume.policy_version
     timer = PhaseTimer()
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
         for step in range(start_step, cfg.run.steps):
@@ -91,5 +94,5 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                     report = w.sync.sync(version + 1)
                 version = report.version
                 metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
-            end_step(cfg, w.learner, run_dir, step, cfg.run.steps, version, batch is not None, metrics, seen,
-                     timer, t0, writer, on_step)
+            end_step(cfg, w, run_dir, step, cfg.run.steps, version, batch is not None, metrics, seen,
+                     timer, t0, writer, on_step, cursor.state_dict())

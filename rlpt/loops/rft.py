@@ -20,7 +20,7 @@ from rlpt.batching import token_rows
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
 from rlpt.loops import online
-from rlpt.loops.common import LearnerService, StepCallback, Workers, end_step, rollout_metrics
+from rlpt.loops.common import LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics
 from rlpt.loops.online import sampling_spec
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import Prompt, ScoredRollout, request_seed
@@ -73,17 +73,19 @@ def sample_to_quota(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], rnd:
 
 
 def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
-        on_step: StepCallback | None = None, start_step: int = 0) -> None:
+        on_step: StepCallback | None = None, resume: LoopState | None = None) -> None:
     c = cfg.algorithm.rft
     if c.mode == "online":
-        return online.run(cfg, w, prompts, run_dir, pad_id, on_step, start_step)
+        return online.run(cfg, w, prompts, run_dir, pad_id, on_step, resume)
+    if resume is not None:
+        raise NotImplementedError("--resume is not implemented for RFT rounds yet (shuffle RNG and round state)")
     learner: ResettableLearner = w.learner  # type: ignore[assignment]
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
     rng = random.Random(cfg.run.seed)
     chunk = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt  # rows per learner step
-    version, timer = start_step, PhaseTimer()
+    version, timer = 0, PhaseTimer()
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
-        for rnd in range(start_step, c.rounds):
+        for rnd in range(c.rounds):
             timer.reset()
             t0 = time.perf_counter()
             batch_prompts = [prompts[i] for i in cursor.take(c.prompts_per_round)]
@@ -110,6 +112,6 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                     report = w.sync.sync(version + 1)
                 version = report.version
                 metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
-            end_step(cfg, w.learner, run_dir, rnd, c.rounds, version, bool(sft), metrics, seen, timer, t0,
-                     writer, on_step)
+            end_step(cfg, w, run_dir, rnd, c.rounds, version, bool(sft), metrics, seen, timer, t0,
+                     writer, on_step, cursor.state_dict())
     return None

@@ -22,6 +22,8 @@ REQUIRED = ["step", "policy_version", "reward/mean", "reward/correct_frac", "tok
 class FakeRollout:
     """Response = one token; a prompt whose uid ends in 'same' always gets the same token (zero-variance group)."""
 
+    restarts = 0
+
     def __init__(self):
         self.version, self.seeds = 0, []
 
@@ -36,6 +38,8 @@ class FakeRollout:
 
 
 class FakeVerifier:
+    restarts = 0
+
     def score(self, rollouts):
         return [ScoredRollout(r, float(r.text == "1"), r.text == "1") for r in rollouts]
 
@@ -49,9 +53,12 @@ class FakeLearner:
         return {"actor/loss": 0.0, "logprob_gap/mean": 0.0}
 
     def save_hf(self, out_dir: Path):
-        out_dir.mkdir(parents=True)
         (out_dir / "model.safetensors").write_text("x")
         self.saved.append(out_dir.name)
+
+    def save_state(self, out_dir: Path):
+        out_dir.mkdir(parents=True)
+        (out_dir / "optimizer.pt").write_text("x")
 
 
 class FakeSync:
@@ -114,3 +121,34 @@ def test_no_signal_at_all_skips_training_but_logs(tmp_path):
     assert w.learner.batches == [] and all(r["sync/skipped"] == 1.0 for r in rows)
     assert all(set(REQUIRED) <= set(r) for r in rows)
     assert read_rollouts(tmp_path).num_rows == 4 * 2 * 16  # 1 try + 1 resample per step, all logged
+
+
+def test_resume_equals_uninterrupted_run_with_fakes(tmp_path):
+    from rlpt.loops.common import LoopState, latest_checkpoint
+
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    cfg, ro, _, w = make(full_dir, "run.steps=6", "run.checkpoint_every=3")
+    online.run(cfg, w, prompts(10), full_dir, pad_id=0)
+    cfg3, ro_a, _, wa = make(split_dir, "run.steps=3")
+    online.run(cfg3, wa, prompts(10), split_dir, pad_id=0)
+    (split_dir / "checkpoints" / "step_000009.tmp").mkdir()  # a torn write is never "latest"
+    ckpt = latest_checkpoint(split_dir)
+    assert ckpt.name == "step_000003" and (ckpt / "state" / "optimizer.pt").is_file()
+    state = LoopState.read(ckpt / "loop_state.json")
+    assert (state.next_step, state.policy_version) == (3, 3)
+    cfg6, ro_b, _, wb = make(split_dir, "run.steps=6")
+    ro_b.version = state.policy_version  # what the initial sync after a resume does
+    online.run(cfg6, wb, prompts(10), split_dir, pad_id=0, resume=state)
+    assert ro_a.seeds + ro_b.seeds == ro.seeds  # same prompts (cursor) and sampling seeds
+    full, split = read_metrics(full_dir / "metrics.jsonl"), read_metrics(split_dir / "metrics.jsonl")
+    assert [r["step"] for r in split] == list(range(6))
+    assert [r["reward/mean"] for r in split] == [r["reward/mean"] for r in full]
+    assert [r["policy_version"] for r in split] == [r["policy_version"] for r in full]
+    assert read_rollouts(split_dir).to_pylist() == read_rollouts(full_dir).to_pylist()
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+    from rlpt.loops.common import latest_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint for any step"):
+        latest_checkpoint(tmp_path)

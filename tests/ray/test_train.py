@@ -50,6 +50,8 @@ def test_run_directory_is_complete(default_runs):
         assert r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance and r["logprob_gap/mean"] < 1e-3
     assert [r["policy_version"] for r in rows] == list(range(1, cfg.run.steps + 1))
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["prompts"] == report["kept"] == cfg.data.arith.num_prompts and report["skipped_too_long"] == 0
     table = read_rollouts(run_dir)
     per_step = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
     assert table.num_rows == cfg.run.steps * per_step

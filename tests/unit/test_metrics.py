@@ -140,3 +140,14 @@ def test_phase_timer_real_clock_is_monotonic() -> None:
     with timer.phase("x"):
         pass
     assert 0.0 <= timer.as_metrics()["timing/x"] < 1.0
+
+
+def test_truncate_metrics_drops_rows_from_the_resume_step(tmp_path: Path) -> None:
+    from rlpt.metrics import truncate_metrics
+
+    with MetricsWriter(tmp_path, tensorboard=False) as w:
+        for step in range(5):
+            w.write(step, {"x": float(step)})
+    assert truncate_metrics(tmp_path / "metrics.jsonl", 3) == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert truncate_metrics(tmp_path / "absent.jsonl", 0) == 0
