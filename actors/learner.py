@@ -404,6 +404,10 @@ class LearnerGroup:
     def reset_to_base(self) -> None:
         self._all("reset_to_base", [r.reset_to_base.remote() for r in self.ranks])
 
+    def checksums(self) -> dict[str, str]:
+        """Per-parameter checksums (rank 0's view). Collective under ZeRO-3, hence called on every rank."""
+        return self._all("checksums", [r.checksums.remote() for r in self.ranks])[0]
+
     def sync_plan(self) -> SyncPlan:
         return self._all("sync_plan", [r.sync_plan.remote() for r in self.ranks])[0]
 

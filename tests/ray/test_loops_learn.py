@@ -65,11 +65,11 @@ def test_rft_restart_from_base_rebuilds_the_learner(ray_cluster, tiny_root, stag
     prep = prepare(cfg, tiny_root / f"rft-base-z{stage}")
     graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
     try:
-        base = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+        base = graph.workers.learner.checksums()
         rft.run(cfg, graph.workers, prep.prompts, tiny_root / f"rft-base-z{stage}", prep.tokenizer.pad_token_id)
-        trained = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+        trained = graph.workers.learner.checksums()
         graph.workers.learner.reset_to_base()
-        reset = ray_cluster.get(graph.learner_ranks[0].checksums.remote())
+        reset = graph.workers.learner.checksums()
     finally:
         shutdown(graph)
     assert trained != base and reset == base

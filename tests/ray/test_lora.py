@@ -22,12 +22,11 @@ def test_lora_trains_adapters_only_and_syncs_merged(ray_cluster, tiny_root):
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
     try:
-        rank0 = graph.learner_ranks[0]
-        before = ray_cluster.get(rank0.checksums.remote())
+        before = graph.workers.learner.checksums()
         assert any(k.startswith("trainable:") and "lora_" in k for k in before)
         assert all("lora_" in k for k in before if k.startswith("trainable:"))  # base (and lm_head) frozen
         online.run(cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id)
-        after = ray_cluster.get(rank0.checksums.remote())
+        after = graph.workers.learner.checksums()
     finally:
         shutdown(graph)
     frozen = [k for k in before if k.startswith("frozen:")]
