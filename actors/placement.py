@@ -27,7 +27,7 @@ def needed_cpus(cfg: RlptConfig) -> int:
     """Logical CPUs for a local cluster: one per actor plus one spare (over-subscription of real cores is fine;
     an actor that cannot be scheduled would leave its gloo peers waiting)."""
     ref = 1 if cfg.algorithm.grpo.beta > 0 else 0
-    return cfg.learner.num_ranks + cfg.rollout.num_workers + cfg.verifier.num_workers + ref + 1
+    return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + ref + 1
 
 
 def init_ray(cfg: RlptConfig) -> str:
@@ -51,7 +51,7 @@ def init_ray(cfg: RlptConfig) -> str:
 def learner_options(cfg: RlptConfig, pg: Any, rank: int) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_learner,
+    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_learner, "resources": dict(cfg.cluster.learner_resources),
             "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)}
 
 
@@ -59,7 +59,8 @@ def learner_placement_group(cfg: RlptConfig, timeout_s: float) -> Any:
     import ray
     from ray.util.placement_group import placement_group
 
-    bundle = {"CPU": 1, **({"GPU": cfg.cluster.gpus_per_learner} if cfg.cluster.gpus_per_learner else {})}
+    bundle = {"CPU": 1, **({"GPU": cfg.cluster.gpus_per_learner} if cfg.cluster.gpus_per_learner else {}),
+              **cfg.cluster.learner_resources}
     pg = placement_group([dict(bundle) for _ in range(cfg.learner.num_ranks)], strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
@@ -69,7 +70,16 @@ def learner_placement_group(cfg: RlptConfig, timeout_s: float) -> Any:
 
 
 def engine_options(cfg: RlptConfig) -> dict[str, Any]:
-    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_engine * cfg.rollout.tensor_parallel_size}
+    tp = cfg.rollout.tensor_parallel_size
+    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_engine * tp,
+            "resources": dict(cfg.cluster.engine_resources)}
+
+
+def engine_bundle(cfg: RlptConfig) -> dict[str, float]:
+    """The resources one rollout engine needs, as a bundle for `ray.autoscaler.sdk.request_resources`."""
+    opts = engine_options(cfg)
+    return {"CPU": float(opts["num_cpus"]), **({"GPU": float(opts["num_gpus"])} if opts["num_gpus"] else {}),
+            **opts["resources"]}
 
 
 def cpu_actor_options() -> dict[str, Any]:

@@ -206,6 +206,25 @@ class SyncConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------------- cluster
+class FleetConfig(_Section):
+    """The elastic rollout fleet (`cluster.rollout`): how many engines, and when to ask the autoscaler for more.
+
+    The run starts `rollout.num_workers` engines. With `autoscale`, a policy looks at the share of step time spent
+    waiting on rollouts: above `target_wait_share + band` it asks for one more engine (up to `max`), below
+    `target_wait_share - band` one fewer (down to `min`), at most once per `cooldown_steps` steps. Engines that
+    appear or go away between steps (a node added or preempted) are handled whether or not `autoscale` is on.
+    """
+
+    min: int | None = Field(None, ge=1, description="fewest engines; None = rollout.num_workers")
+    max: int | None = Field(None, ge=1, description="most engines; None = rollout.num_workers")
+    autoscale: bool = False
+    target_wait_share: float = Field(0.5, gt=0, lt=1, description="wanted share of step time waiting on rollouts")
+    band: float = Field(0.15, ge=0, lt=1, description="hysteresis around target_wait_share")
+    cooldown_steps: int = Field(5, ge=0, description="steps between two scaling decisions")
+    join_timeout_s: float = Field(300.0, gt=0, description="how long a requested engine may take to appear "
+                                                             "(node boot, model load) before the request is dropped")
+
+
 class ClusterConfig(_Section):
     address: str | None = Field(None, description="Ray address; None = RAY_ADDRESS or a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local cluster; None = enough for all")
@@ -214,7 +233,14 @@ class ClusterConfig(_Section):
                                                          "network (it can run arbitrary jobs: only on trusted nets)")
     gpus_per_learner: float = Field(0.0, ge=0)
     gpus_per_engine: float = Field(0.0, ge=0)
+    learner_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per learner rank, e.g. {rlpt_learner: 1} to pin "
+                                          "learners to the on-demand node type of a cluster/ launcher file")
+    engine_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per rollout engine, e.g. {rlpt_rollout: 1} to put "
+                                          "engines on the (spot) rollout node type")
     colocate: bool = False
+    rollout: FleetConfig = FleetConfig()
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -240,6 +266,21 @@ class RlptConfig(_Section):
     sync: SyncConfig = SyncConfig()
     cluster: ClusterConfig = ClusterConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _fleet_bounds(self) -> "RlptConfig":
+        lo, hi = self.fleet_bounds()
+        n = self.rollout.num_workers
+        if not lo <= n <= hi:
+            raise ValueError(f"cluster.rollout: need min <= rollout.num_workers <= max, got min={lo}, "
+                             f"num_workers={n}, max={hi}")
+        return self
+
+    def fleet_bounds(self) -> tuple[int, int]:
+        """(fewest, most) rollout engines; unset bounds default to rollout.num_workers."""
+        f = self.cluster.rollout
+        n = self.rollout.num_workers
+        return (n if f.min is None else f.min), (n if f.max is None else f.max)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
