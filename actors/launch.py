@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from actors import placement
-from actors.learner import LearnerGroup, LearnerRank
+from actors.calls import ActorCallTimeout, gather
+from actors.fleet import Fleet
+from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
 from actors.rollout import RolloutPool, RolloutWorker, engine_options
 from actors.verifier import VerifierPool, VerifierWorker
@@ -67,6 +69,7 @@ class Graph:
     reference: Any | None
     sync: EngineSync
     placement_group: Any
+    fleet: Fleet
 
     @property
     def engines(self) -> list[Any]:
@@ -74,16 +77,11 @@ class Graph:
 
     def actors(self) -> list[Any]:
         return [*self.learner_ranks, *self.pool.workers, *self.verifier_pool.workers,
-                *([self.reference] if self.reference else [])]
+                *([self.reference] if self.reference else []), *self.fleet.shutdown()]
 
 
 def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: float) -> list[Any]:
-    import ray
-
-    _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        raise TimeoutError(f"{what}: {', '.join(labels[refs.index(r)] for r in pending)} not ready in {timeout_s}s")
-    return ray.get(refs)
+    return gather(what, refs, labels, timeout_s)
 
 
 def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], names: list[str], generation: int
@@ -104,11 +102,14 @@ def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], 
     joins = [rank0.join_sync_group.remote(spec)] + [m.join_sync.remote(spec, b) for m, b in zip(members, bases)]
     try:
         _wait_all("weight-sync group", joins, ["learner rank 0", *names], cfg.sync.timeout_s + 30)
-    except TimeoutError as e:
+    except ActorCallTimeout as e:
         raise SyncGroupError(str(e)) from None
 
 
-def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequence[Prompt]) -> Graph:
+def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequence[Prompt],
+                request_resources: Callable[[list[dict[str, float]]], None] | None = None) -> Graph:
+    """`request_resources` is how the fleet talks to the autoscaler (default: ray.autoscaler.sdk.request_resources);
+    tests pass a stand-in that adds and removes simulated nodes."""
     import ray
 
     placement.init_ray(cfg)
@@ -131,7 +132,7 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     engines, verifiers = [make_engine(n) for n in names], [make_verifier(n) for n in vnames]
     reference = None
     if needs_reference(cfg):
-        reference = ray.remote(ReferenceActor).options(**placement.engine_options(cfg)).remote(
+        reference = ray.remote(ReferenceActor).options(**placement.reference_options(cfg)).remote(
             str(model_path), cfg.model.dtype, cfg.rollout.temperature, cfg.learner.micro_batch_size)
     if cfg.algorithm.name == "dpo":
         layout = pair_layout(cfg.algorithm.dpo.prompts_per_round, cfg.learner)
@@ -145,7 +146,8 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
               [f"learner rank {k}" for k in range(K)] + names + vnames, T)
     learner = LearnerGroup(ranks, layout, cfg, tokenizer.pad_token_id, T)
     plan = learner.sync_plan()
-    pool = RolloutPool(engines, names, T, factory=make_engine, max_restarts=cfg.rollout.max_restarts)
+    pool = RolloutPool(engines, names, T, max_restarts=cfg.rollout.max_restarts)
+    fleet = Fleet(cfg, pool, make_engine, T, request_resources)
     extras = [reference] if reference is not None and reference_syncs(cfg) else []
 
     def members() -> tuple[list[Any], list[str]]:
@@ -154,8 +156,7 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     generation = [0]
 
     def before_sync() -> None:
-        if pool.check_alive(T):  # replace dead engines, then re-form the group with them: only ever between collectives
-            pool.replace_dead(T)
+        if fleet.update():  # engines left or joined: re-form the group with them, only ever between collectives
             generation[0] += 1
             form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
 
@@ -167,7 +168,7 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
                          max_restarts=cfg.verifier.max_restarts)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
                       reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, pool, vpool, reference, syncer, pg)
+    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -210,6 +211,30 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
     return PreparedRun(model_path, tok, tokenized.prompts, len(tokenized.skipped_too_long))
 
 
+def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path, on_step: StepCallback | None,
+                 state: LoopState | None = None, ckpt: Path | None = None) -> None:
+    """The loop on a built graph (after restoring `ckpt` when resuming). A lost learner rank ends the run with an
+    error that says which rank, and which checkpoint to resume from."""
+    try:
+        if state is not None and ckpt is not None:
+            graph.workers.learner.load_state(ckpt / "state")
+            graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
+            truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
+        LOOPS[cfg.algorithm.name](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id, on_step,
+                                  state)
+    except LearnerRankLost as e:
+        raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
+
+
+def resume_hint(run_dir: Path) -> str:
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        return ("No checkpoint was written yet (run.checkpoint_every sets how often); the run must "
+                "start over")
+    return f"The last checkpoint, {ckpt}, is complete: continue with `rlpt train --resume {run_dir}`"
+
+
 def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, resume: bool = False,
           from_step: int | None = None) -> float:
     """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
@@ -226,12 +251,7 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
     graph = None
     try:
         graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
-        if state is not None and ckpt is not None:
-            graph.workers.learner.load_state(ckpt / "state")
-            graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
-            truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
-        LOOPS[cfg.algorithm.name](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id, on_step,
-                                  state)
+        run_on_graph(cfg, graph, prep, run_dir, on_step, state, ckpt)
     finally:
         shutdown(graph)
         if started_ray:

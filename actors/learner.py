@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from actors.calls import ActorCallTimeout, ActorLost, gather
 from actors.weight_sync import GroupSpec, WeightGroup, host_store, resolve_backend
 from rlpt.algorithms import ALGORITHMS
 from rlpt.algorithms.common import token_logprobs
@@ -340,6 +341,10 @@ class LearnerTimeout(TimeoutError):
     pass
 
 
+class LearnerRankLost(RuntimeError):
+    """A learner rank died: the run stops (its checkpoints stay valid; `rlpt train --resume` continues)."""
+
+
 class LearnerGroup:
     """Driver-side handle on the K ranks. Explicit fan-out: split the batch, call every rank, gather, reduce."""
 
@@ -347,13 +352,15 @@ class LearnerGroup:
         self.ranks, self.layout, self.cfg, self.pad_id, self.timeout_s = list(ranks), layout, cfg, pad_id, timeout_s
 
     def _all(self, what: str, refs: list[Any]) -> list[Any]:
-        import ray
-
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
-        if pending:
-            late = ", ".join(f"learner rank {refs.index(r)}" for r in pending)
-            raise LearnerTimeout(f"learner {what}: {late} did not finish within {self.timeout_s}s")
-        return ray.get(refs)
+        """Every rank's result; a dead rank fails the call at once (its peers would sit in a collective until the
+        backend's timeout), a late one after `timeout_s`, each naming the rank."""
+        try:
+            return gather(f"learner {what}", refs, [f"learner rank {k}" for k in range(len(refs))], self.timeout_s)
+        except ActorCallTimeout as e:
+            raise LearnerTimeout(str(e)) from None
+        except ActorLost as e:
+            raise LearnerRankLost(f"{e}: the run cannot go on without it (a learner rank holds a shard of the "
+                                  f"model and optimizer)") from None
 
     def train_step(self, batch: TrainBatch, step: int) -> dict[str, float]:
         from rlpt.batching import plan_mini_batches

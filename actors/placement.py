@@ -31,13 +31,25 @@ def needed_cpus(cfg: RlptConfig) -> int:
 
 
 def init_ray(cfg: RlptConfig) -> str:
-    """Connect to `cluster.address` / RAY_ADDRESS, or start a local cluster bound to cluster.dashboard_host."""
+    """Connect to the cluster of the Ray job we run in, or to `cluster.address` / RAY_ADDRESS, or start a local
+    cluster bound to cluster.dashboard_host."""
+    import json
+
     import ray
 
     if ray.is_initialized():
         return "existing"
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {k: os.environ.get(k, v) for k, v in ACTOR_ENV.items()}}
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for a job's driver
+    if job_config is not None:
+        # Inside a Ray job (`rlpt submit`, `ray job submit`): always the job's own cluster. The job's runtime_env
+        # (working_dir on sys.path, env_vars) already reaches every actor, and ray.init refuses a runtime_env that
+        # sets one of the job's env vars again: add only the ones the job does not set.
+        job_env = (json.loads(job_config).get("runtime_env") or {}).get("env_vars") or {}
+        env["env_vars"] = {k: v for k, v in env["env_vars"].items() if k not in job_env}
+        ray.init(address="auto", runtime_env=env if env["env_vars"] else None, log_to_driver=True)
+        return "job"
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return address
@@ -73,6 +85,11 @@ def engine_options(cfg: RlptConfig) -> dict[str, Any]:
     tp = cfg.rollout.tensor_parallel_size
     return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_engine * tp,
             "resources": dict(cfg.cluster.engine_resources)}
+
+
+def reference_options(cfg: RlptConfig) -> dict[str, Any]:
+    """The frozen reference model: an engine's GPU share, but not the rollout node type (it is not elastic)."""
+    return {"num_cpus": 1, "num_gpus": cfg.cluster.gpus_per_engine}
 
 
 def engine_bundle(cfg: RlptConfig) -> dict[str, float]:

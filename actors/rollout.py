@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
@@ -111,7 +111,7 @@ class RolloutWorker:
         return [
             Rollout(prompt=p, sample_index=i, response_ids_T=tuple(ids), logprobs_T=tuple(lps),
                     text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=str(reason),
-                    policy_version=self.policy_version)
+                    policy_version=self.policy_version, engine=self.name)
             for p, samples in zip(prompts, outs) for i, (ids, lps, reason) in enumerate(samples)
         ]
 
@@ -144,19 +144,56 @@ class RolloutPool:
     finishes first, so a slow worker holds up at most one chunk.
 
     Faults: when an engine dies, its in-flight chunk goes back to the queue and is served by the live engines, so
-    every prompt is generated exactly once; the dead engine is replaced between steps (`replace_dead`, called by
-    the sync before its broadcast, so the replacement holds the current weights and version before it serves).
+    every prompt is generated exactly once. Membership (dropping dead engines, admitting new ones) changes only
+    between steps, through actors.fleet.Fleet, called before the sync so a new engine holds the current weights
+    and version before it serves.
     """
 
-    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float,
-                 factory: Callable[[str], Any] | None = None, max_restarts: int = 3, chunks_per_worker: int = 2):
+    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float, max_restarts: int = 3,
+                 chunks_per_worker: int = 2):
         self.workers, self.names = list(workers), list(names)
         self.timeout_s, self.chunks_per_worker = timeout_s, chunks_per_worker
-        self.factory, self.max_restarts = factory, max_restarts
+        self.max_restarts = max_restarts
         self.dead: set[int] = set()
         self.restarts = 0
+        self.busy_s = 0.0  # wall time inside generate() since the fleet last looked (its autoscaling signal) ...
+        self.window_start: float | None = None  # ... and when the first generate() after that look started
+        self.fleet_stats: dict[str, float] = {}  # filled by actors.fleet.Fleet
+
+    def fleet_metrics(self) -> dict[str, float]:
+        return dict(self.fleet_stats)
+
+    def take_busy_seconds(self) -> tuple[float, float]:
+        """(seconds inside generate, seconds since the first generate) since the last call; then reset. The span
+        starts at the step's first generation, so time between steps (sync, checkpoints, callbacks) is not counted
+        as rollout-idle time."""
+        now = time.perf_counter()
+        busy, span = self.busy_s, (0.0 if self.window_start is None else now - self.window_start)
+        self.busy_s, self.window_start = 0.0, None
+        return busy, span
+
+    def add(self, worker: Any, name: str) -> None:
+        """Admit an engine (between steps, once it holds the current weights or is about to get them)."""
+        self.workers.append(worker)
+        self.names.append(name)
+
+    def remove(self, indices: Sequence[int]) -> None:
+        """Forget engines (dead or retired) between steps."""
+        drop = set(indices)
+        self.workers = [w for i, w in enumerate(self.workers) if i not in drop]
+        self.names = [n for i, n in enumerate(self.names) if i not in drop]
+        self.dead = set()
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+        start = time.perf_counter()
+        if self.window_start is None:
+            self.window_start = start
+        try:
+            return self._generate(prompts, seeds, spec)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -204,19 +241,3 @@ class RolloutPool:
                 self.dead.add(w)
                 print(f"[rlpt] {self.names[w]} is gone (noticed before the sync)", file=sys.stderr)
         return set(self.dead)
-
-    def replace_dead(self, timeout_s: float) -> list[int]:
-        """Start a fresh engine for each dead one (bounded by max_restarts). Returns the replaced indices."""
-        import ray
-
-        replaced = sorted(self.dead)
-        for w in replaced:
-            if self.factory is None or self.restarts >= self.max_restarts:
-                raise RolloutWorkerLost(f"{self.names[w]} died and the pool may not replace it (restarts so far "
-                                        f"{self.restarts}, rollout.max_restarts={self.max_restarts})")
-            self.workers[w] = self.factory(self.names[w])
-            ray.get(self.workers[w].ping.remote(), timeout=timeout_s)
-            self.restarts += 1
-            print(f"[rlpt] replaced {self.names[w]} (restart {self.restarts}/{self.max_restarts})", file=sys.stderr)
-        self.dead.clear()
-        return replaced

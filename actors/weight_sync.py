@@ -178,13 +178,14 @@ class EngineSync:
         self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
 
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
-        import ray
+        """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
+        otherwise only end at the backend timeout); so does one that is late past `timeout_s`."""
+        from actors.calls import ActorCallTimeout, ActorLost, gather
 
-        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
-        if pending:
-            late = ", ".join(labels[refs.index(r)] for r in pending)
-            raise SyncGroupError(f"{what}: {late} did not finish within {self.timeout_s}s")
-        return ray.get(refs)
+        try:
+            return gather(what, refs, labels, self.timeout_s)
+        except (ActorCallTimeout, ActorLost) as e:
+            raise SyncGroupError(str(e)) from None
 
     def probe_diff(self) -> float:
         workers, names = self.members()

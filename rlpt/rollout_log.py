@@ -18,7 +18,7 @@ SCHEMA = pa.schema([
     ("step", pa.int64()), ("prompt_uid", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
     ("sample_index", pa.int32()), ("completion", pa.string()), ("num_tokens", pa.int32()),
     ("finish_reason", pa.string()), ("reward", pa.float64()), ("correct", pa.bool_()), ("error", pa.string()),
-    ("policy_version", pa.int64()),
+    ("policy_version", pa.int64()), ("engine", pa.string()),
 ])
 
 
@@ -29,6 +29,7 @@ def rollout_table(step: int, scored: Sequence[ScoredRollout]) -> pa.Table:
             "answer": s.rollout.prompt.answer, "sample_index": s.rollout.sample_index, "completion": s.rollout.text,
             "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
+            "engine": s.rollout.engine,
         }
         for s in scored
     ]

@@ -48,6 +48,7 @@ class Rollout:
     text: str
     finish_reason: str  # "stop" (EOS / stop string) or "length" (hit max_tokens)
     policy_version: int
+    engine: str = ""  # the rollout engine that sampled it (audits; elastic fleets)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ class RolloutService(Protocol):
     restarts: int  # dead engines replaced so far (a metric)
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]: ...
+
+    def fleet_metrics(self) -> dict[str, float]: ...  # fleet/size, fleet/target ... (empty for a fixed pool)
 
 
 class VerifierService(Protocol):
@@ -102,14 +105,30 @@ class LoopState:
     next_step: int
     policy_version: int
     cursor: dict[str, Any]
+    rng: list[Any] | None = None  # the loop's own random.Random (DPO pairing, RFT shuffling): `rng_state`
 
     def to_json(self) -> str:
-        return json.dumps({"next_step": self.next_step, "policy_version": self.policy_version, "cursor": self.cursor})
+        return json.dumps({"next_step": self.next_step, "policy_version": self.policy_version, "cursor": self.cursor,
+                           "rng": self.rng})
 
     @staticmethod
     def read(path: Path) -> "LoopState":
         d = json.loads(path.read_text())
-        return LoopState(int(d["next_step"]), int(d["policy_version"]), dict(d["cursor"]))
+        return LoopState(int(d["next_step"]), int(d["policy_version"]), dict(d["cursor"]), d.get("rng"))
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """random.Random state as JSON-able lists (restore with `set_rng_state`)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, state: list[Any] | None) -> None:
+    if state is None:
+        raise ValueError("this checkpoint holds no RNG state for the loop (written by an older rlpt?): cannot "
+                         "resume exactly")
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
 
 
 def save_checkpoint(learner: LearnerService, run_dir: Path, step: int, keep: int, state: LoopState) -> Path:
@@ -145,7 +164,8 @@ def latest_checkpoint(run_dir: Path, step: int | None = None) -> Path:
 
 def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, version: int,
              trained: bool, metrics: dict[str, float], scored: Sequence[ScoredRollout], timer: "PhaseTimer",
-             t0: float, writer: "MetricsWriter", on_step: StepCallback | None, cursor: dict[str, Any]) -> None:
+             t0: float, writer: "MetricsWriter", on_step: StepCallback | None, cursor: dict[str, Any],
+             rng: random.Random | None = None) -> None:
     """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row."""
     from rlpt.rollout_log import write_rollouts
 
@@ -154,7 +174,8 @@ def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, 
     every = cfg.run.checkpoint_every
     if (every and (step + 1) % every == 0) or step + 1 == total:
         with timer.phase("checkpoint"):
-            save_checkpoint(w.learner, run_dir, step + 1, cfg.run.keep_checkpoints, LoopState(step + 1, version, cursor))
+            state = LoopState(step + 1, version, cursor, None if rng is None else rng_state(rng))
+            save_checkpoint(w.learner, run_dir, step + 1, cfg.run.keep_checkpoints, state)
     for key in ("sync/probe_max_abs_diff", "logprob_gap/mean"):
         metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
     metrics["sync/skipped"] = 0.0 if trained else 1.0
@@ -165,6 +186,7 @@ def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, 
     metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s if rollout_s else 0.0
     metrics["policy_version"] = float(version)
     metrics["faults/rollout_restarts"] = float(w.rollout.restarts)
+    metrics.update(w.rollout.fleet_metrics())
     metrics["faults/verifier_restarts"] = float(w.verifier.restarts)
     writer.write(step, metrics)
     if on_step is not None:

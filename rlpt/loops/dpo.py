@@ -19,7 +19,8 @@ from rlpt.algorithms.dpo import pair_up
 from rlpt.batching import pair_rows
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
-from rlpt.loops.common import LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics
+from rlpt.loops.common import (LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics,
+                               set_rng_state)
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import PreferencePair, Prompt, SamplingSpec, TrainBatch, request_seed
 
@@ -51,11 +52,14 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                         top_p=r.top_p, top_k=r.top_k, stop=r.stop)
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
     rng = random.Random(cfg.run.seed)
-    if resume is not None:
-        raise NotImplementedError("--resume is not implemented for the dpo loop yet (pairing RNG and round state)")
-    version, timer = 0, PhaseTimer()
+    start, version = 0, 0
+    if resume is not None:  # sampling seeds derive from (seed, round, position); the pairing RNG is restored
+        set_rng_state(rng, resume.rng)
+        cursor.load_state_dict(resume.cursor)
+        start, version = resume.next_step, resume.policy_version
+    timer = PhaseTimer()
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
-        for rnd in range(d.rounds):
+        for rnd in range(start, d.rounds):
             timer.reset()
             t0 = time.perf_counter()
             batch_prompts = [prompts[i] for i in cursor.take(d.prompts_per_round)]
@@ -80,4 +84,4 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                 version = report.version
                 metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
             end_step(cfg, w, run_dir, rnd, d.rounds, version, bool(pairs), metrics, scored, timer, t0,
-                     writer, on_step, cursor.state_dict())
+                     writer, on_step, cursor.state_dict(), rng)

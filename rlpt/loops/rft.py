@@ -20,7 +20,8 @@ from rlpt.batching import token_rows
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
 from rlpt.loops import online
-from rlpt.loops.common import LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics
+from rlpt.loops.common import (LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics,
+                               set_rng_state)
 from rlpt.loops.online import sampling_spec
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import Prompt, ScoredRollout, request_seed
@@ -77,15 +78,18 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
     c = cfg.algorithm.rft
     if c.mode == "online":
         return online.run(cfg, w, prompts, run_dir, pad_id, on_step, resume)
-    if resume is not None:
-        raise NotImplementedError("--resume is not implemented for RFT rounds yet (shuffle RNG and round state)")
     learner: ResettableLearner = w.learner  # type: ignore[assignment]
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
     rng = random.Random(cfg.run.seed)
     chunk = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt  # rows per learner step
-    version, timer = 0, PhaseTimer()
+    start, version = 0, 0
+    if resume is not None:  # sampling seeds derive from (seed, round, attempt, position); the shuffle RNG is restored
+        set_rng_state(rng, resume.rng)
+        cursor.load_state_dict(resume.cursor)
+        start, version = resume.next_step, resume.policy_version
+    timer = PhaseTimer()
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
-        for rnd in range(c.rounds):
+        for rnd in range(start, c.rounds):
             timer.reset()
             t0 = time.perf_counter()
             batch_prompts = [prompts[i] for i in cursor.take(c.prompts_per_round)]
@@ -113,5 +117,5 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                 version = report.version
                 metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
             end_step(cfg, w, run_dir, rnd, c.rounds, version, bool(sft), metrics, seen, timer, t0,
-                     writer, on_step, cursor.state_dict())
+                     writer, on_step, cursor.state_dict(), rng)
     return None

@@ -75,3 +75,61 @@ def test_rft_rounds_quota_budget_and_restart(tmp_path, quota):
     # the fake emits only two distinct responses, so dedup caps each prompt at one correct answer
     assert all(n == 1 for n in per_prompt.values()) and rows[0]["rft/kept"] == len(sft)
     assert rows[0]["rft/samples"] <= 6 * 8  # the trial budget (max_trials per prompt) holds
+
+
+def _resume_split(tmp_path, loop, overrides, total, half):
+    """Run `total` rounds straight, and `half` + resume + the rest; return both learners and run dirs."""
+    from rlpt.loops.common import LoopState, latest_checkpoint
+
+    def cfg(d, rounds, *extra):
+        return load_config(None, [f"run.root={d}", "run.tensorboard=false", *overrides, *extra,
+                                  f"algorithm.{loop.__name__.split('.')[-1]}.rounds={rounds}"])
+
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    full = PairLearner()
+    loop.run(cfg(full_dir, total), workers(full), prompts(12, same_every=3), full_dir, pad_id=0)
+    first = PairLearner()
+    loop.run(cfg(split_dir, half), workers(first), prompts(12, same_every=3), split_dir, pad_id=0)
+    state = LoopState.read(latest_checkpoint(split_dir) / "loop_state.json")
+    assert state.next_step == half and state.rng is not None
+    second = PairLearner()
+    w = workers(second)
+    w.rollout.version = state.policy_version  # what the initial sync after a resume does
+    loop.run(cfg(split_dir, total), w, prompts(12, same_every=3), split_dir, pad_id=0, resume=state)
+    return full, first, second, full_dir, split_dir
+
+
+def test_dpo_resume_equals_uninterrupted_run(tmp_path):
+    # random pairing draws from the loop's RNG: a resume that forgot it would pick other pairs
+    full, first, second, full_dir, split_dir = _resume_split(
+        tmp_path, dpo, ["algorithm.name=dpo", "algorithm.dpo.prompts_per_round=6", "algorithm.dpo.samples_per_prompt=4",
+                        "algorithm.dpo.pairing=random"], total=4, half=2)
+    ids = [b.input_ids_B_T.tolist() for b, _ in full.pair_batches]
+    assert ids == [b.input_ids_B_T.tolist() for b, _ in first.pair_batches + second.pair_batches]
+    a, b = read_metrics(full_dir / "metrics.jsonl"), read_metrics(split_dir / "metrics.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for key in ("reward/mean", "dpo/pairs", "policy_version"):
+        assert [r[key] for r in b] == [r[key] for r in a]
+    for rnd in range(4):
+        name = f"pairs/round_{rnd:06d}.parquet"
+        assert pq.read_table(split_dir / name).to_pylist() == pq.read_table(full_dir / name).to_pylist()
+
+
+def test_rft_rounds_resume_equals_uninterrupted_run(tmp_path):
+    # epochs shuffle the SFT set with the loop's RNG: the batch order after a resume must match
+    full, first, second, full_dir, split_dir = _resume_split(
+        tmp_path, rft, ["algorithm.name=rft", "algorithm.rft.mode=rounds", "algorithm.rft.prompts_per_round=6",
+                        "algorithm.rft.k_correct=2", "algorithm.rft.max_trials=8", "algorithm.rft.epochs=3",
+                        "rollout.samples_per_prompt=4", "rollout.prompts_per_step=1"], total=4, half=2)
+    order = [b.input_ids_B_T.tolist() for b in full.batches]
+    assert len(order) > 4 and order == [b.input_ids_B_T.tolist() for b in first.batches + second.batches]
+    a, b = read_metrics(full_dir / "metrics.jsonl"), read_metrics(split_dir / "metrics.jsonl")
+    assert [r["reward/mean"] for r in b] == [r["reward/mean"] for r in a] and len(b) == 4
+
+
+def test_resume_without_rng_state_is_a_clear_error(tmp_path):
+    from rlpt.loops.common import LoopState
+
+    cfg = load_config(None, [f"run.root={tmp_path}", "run.tensorboard=false", "algorithm.name=dpo"])
+    with pytest.raises(ValueError, match="no RNG state"):
+        dpo.run(cfg, workers(PairLearner()), prompts(12), tmp_path, pad_id=0, resume=LoopState(1, 1, {}, None))

@@ -27,6 +27,9 @@ class FakeRollout:
     def __init__(self):
         self.version, self.seeds = 0, []
 
+    def fleet_metrics(self):
+        return {"fleet/size": 1.0}
+
     def generate(self, prompts, seeds, spec):
         self.seeds += list(seeds)
         out = []

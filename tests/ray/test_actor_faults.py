@@ -57,3 +57,38 @@ def test_killed_engine_and_verifier_are_replaced_and_nothing_is_lost(ray_cluster
         assert len(per_prompt) == P and set(per_prompt.values()) == {G}
         assert all(r["error"] is None for r in here)  # every rollout really scored
         assert Counter((r["prompt_uid"], r["sample_index"]) for r in here).most_common(1)[0][1] == 1
+
+
+def test_learner_rank_death_stops_the_run_fast_and_the_checkpoint_resumes(ray_cluster, tiny_root):
+    """ray.kill of learner rank 1 after step 2: step 3's train call fails at once (not after the 600 s actor or
+    gloo timeout) with an error naming the rank and the checkpoint to resume from; resuming from it completes."""
+    from actors.launch import run_on_graph, train
+    from actors.learner import LearnerRankLost
+
+    run_dir = tiny_root / "faults-learner"
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-learner", "run.steps=6",
+                             "run.checkpoint_every=2", "learner.num_ranks=2", "rollout.prompts_per_step=8"])
+    prep = prepare(cfg, run_dir)
+    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    killed_at = {}
+
+    def on_step(step, metrics):
+        if step == 2:
+            ray_cluster.kill(graph.learner_ranks[1])
+            killed_at["t"] = time.monotonic()
+
+    try:
+        with pytest.raises(LearnerRankLost) as info:
+            run_on_graph(cfg, graph, prep, run_dir, on_step)
+        waited = time.monotonic() - killed_at["t"]
+    finally:
+        shutdown(graph)
+    message = str(info.value)
+    assert "learner rank 1 died" in message and "train_step" in message
+    assert "checkpoints/step_000002" in message and f"--resume {run_dir}" in message
+    assert waited < 60, f"the run noticed the dead rank only after {waited:.0f}s"
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    train(load_config(run_dir / "config.yaml", []), run_dir, resume=True)  # the checkpoint is valid
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(6)) and rows[-1]["policy_version"] == 6
