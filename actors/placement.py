@@ -55,9 +55,22 @@ def init_ray(cfg: RlptConfig) -> str:
         return address
     # Local cluster: plug-ins (`verifier.name: my_mod:fn`) import from where rlpt runs, as they would in-process.
     env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), include_dashboard=cfg.cluster.dashboard,
-             dashboard_host=cfg.cluster.dashboard_host, runtime_env=env, log_to_driver=True)
+    ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), resources=local_custom_resources(cfg),
+             include_dashboard=cfg.cluster.dashboard, dashboard_host=cfg.cluster.dashboard_host, runtime_env=env,
+             log_to_driver=True)
     return "local"
+
+
+def local_custom_resources(cfg: RlptConfig) -> dict[str, float]:
+    """A local cluster is every node type at once: it offers the custom resources the config pins roles with
+    (`cluster.learner_resources`, `cluster.engine_resources`), enough for every learner rank and the largest fleet,
+    so a GPU recipe written for cluster/ node types also runs on one machine."""
+    out: dict[str, float] = {}
+    for per, count in ((cfg.cluster.learner_resources, cfg.learner.num_ranks),
+                       (cfg.cluster.engine_resources, cfg.fleet_bounds()[1])):
+        for name, amount in per.items():
+            out[name] = out.get(name, 0.0) + amount * count
+    return out
 
 
 def learner_options(cfg: RlptConfig, pg: Any, rank: int) -> dict[str, Any]:
