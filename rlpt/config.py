@@ -116,7 +116,7 @@ class RolloutConfig(_Section):
 
 # -------------------------------------------------------------------------------------------------- verifier
 class VerifierConfig(_Section):
-    name: str = Field("numeric", description="built-in (math, numeric, exact, countdown) or plug-in 'pkg.mod:fn'")
+    name: str = Field("numeric", description="built-in (math, numeric, exact, countdown, code) or plug-in 'pkg.mod:fn'")
     num_workers: int = Field(1, ge=1)
     timeout_s: float = Field(10.0, gt=0)
     error_reward: float = Field(0.0, description="reward given to a rollout whose verifier raised or timed out")

@@ -78,11 +78,34 @@ def total_steps(cfg: "RlptConfig") -> int:
     return cfg.run.steps
 
 
+def error_kind(error: str) -> str:
+    """The metric name of an error row: its prefix before ":" ("timeout", "crash" from rlpt.isolation, the exception
+    class of a raising verifier), lower-cased with anything outside [a-z0-9_] as "_"; the code verifier's
+    "SandboxViolation: memory: ..." counts as "sandbox_memory".
+
+    >>> error_kind("timeout: verifier x took longer than 1s"), error_kind("SandboxViolation: write_outside: open")
+    ('timeout', 'sandbox_write_outside')
+    >>> error_kind("RuntimeError: boom"), error_kind("")
+    ('runtimeerror', 'unknown')
+    """
+    head, _, rest = error.partition(":")
+    if head == "SandboxViolation":
+        head = "sandbox_" + rest.strip().partition(":")[0]
+    kind = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in head.strip().lower())[:40]
+    return kind.strip("_") or "unknown"
+
+
 def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> dict[str, float]:
     n = max(len(scored), 1)
     rewards = torch.tensor([s.reward for s in scored], dtype=torch.float64)
     lengths = [len(s.rollout.response_ids_T) for s in scored]
+    errors_by_kind: dict[str, float] = {}  # verifier/errors/<kind>: present only for kinds seen this step
+    for s in scored:
+        if s.error is not None:
+            key = f"verifier/errors/{error_kind(s.error)}"
+            errors_by_kind[key] = errors_by_kind.get(key, 0.0) + 1.0
     return {
+        **errors_by_kind,
         "reward/mean": float(rewards.mean()) if scored else 0.0,
         "reward/std": float(rewards.std()) if len(scored) > 1 else 0.0,
         "reward/correct_frac": sum(1 for s in scored if s.correct) / n,

@@ -4,7 +4,7 @@
 built-in name or a user plug-in "my_pkg.my_mod:my_fn".
 
 >>> sorted(VERIFIERS)
-['countdown', 'exact', 'math', 'numeric']
+['code', 'countdown', 'exact', 'math', 'numeric']
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rlpt.types import Prompt, Score
-from rlpt.verifiers import countdown, exact, math
+from rlpt.verifiers import code, countdown, exact, math
 from rlpt.verifiers.plugin import VerifierLoadError, load_plugin
 
 Verifier = Callable[[Prompt, str], Score]
@@ -22,6 +22,7 @@ VERIFIERS: dict[str, Verifier] = {
     "numeric": exact.numeric,
     "exact": exact.exact,
     "countdown": countdown.verify,
+    "code": code.verify,
 }
 
 

@@ -212,7 +212,7 @@ def test_countdown_missing_meta_is_a_data_error() -> None:
 
 # ---- registry and plug-ins --------------------------------------------------------------------------------------
 def test_builtin_names_resolve_to_the_table() -> None:
-    assert set(VERIFIERS) == {"math", "numeric", "exact", "countdown"}
+    assert set(VERIFIERS) == {"math", "numeric", "exact", "countdown", "code"}
     for name, fn in VERIFIERS.items():
         assert load_verifier(name) is fn
     with pytest.raises(VerifierLoadError, match="unknown verifier 'maths'.*countdown"):
