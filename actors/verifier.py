@@ -29,6 +29,10 @@ class VerifierTimeout(TimeoutError):
     pass
 
 
+class VerifierWorkerLost(RuntimeError):
+    """A verifier actor died and verifier.max_restarts replacements are used up (or replacement is off)."""
+
+
 class VerifierPool:
     """Driver-side fan-out: contiguous shares, one per worker, results back in input order. A worker that dies is
     replaced (bounded by `max_restarts`) and its share scored again by the replacement, so every rollout is scored
@@ -68,7 +72,7 @@ class VerifierPool:
 
     def _replace(self, k: int, err: Exception) -> None:
         if self.factory is None or self.restarts >= self.max_restarts:
-            raise RuntimeError(f"{self.names[k]} died ({type(err).__name__}) and may not be replaced (restarts so far "
+            raise VerifierWorkerLost(f"{self.names[k]} died ({type(err).__name__}) and may not be replaced (restarts so far "
                                f"{self.restarts}, verifier.max_restarts={self.max_restarts})") from err
         self.workers[k] = self.factory(self.names[k])
         self.restarts += 1

@@ -1,11 +1,13 @@
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from rlpt.cli import main, split_config_args
+from rlpt.cli import (UsageError, build_entrypoint, build_parser, build_runtime_env, cmd_jobs_list, cmd_submit,
+                      config_in_working_dir, default_job_address, main, parse_env, split_config_args)
 from rlpt.metrics import read_metrics
 from rlpt.rollout_log import read_rollouts
 
@@ -65,3 +67,104 @@ def test_eval_end_to_end(tmp_path, capsys):
 def test_eval_bad_verifier_plugin_is_clear(tmp_path, capsys):
     assert main(["eval", f"run.root={tmp_path}", "verifier.name=no_such_pkg.mod:fn", "--num-prompts", "1"]) == 2
     assert "no_such_pkg" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- rlpt submit / rlpt jobs
+def test_submit_and_jobs_argument_parsing(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    ns = build_parser().parse_args(["submit", "configs/grpo/arith_tiny.yaml", "run.steps=8", "--follow", "--env",
+                                    "A=1", "--env", "B=x=y", "--pip", "emoji", "--no-validate"])
+    assert (ns.args, ns.follow, ns.env, ns.pip, ns.validate) == (
+        ["configs/grpo/arith_tiny.yaml", "run.steps=8"], True, ["A=1", "B=x=y"], ["emoji"], False)
+    assert ns.address == "http://127.0.0.1:8265" and ns.python == "python" and ns.fn is cmd_submit
+    for sub in ("status", "logs", "stop"):
+        ns = build_parser().parse_args(["jobs", sub, "raysubmit_abc", "--address", "http://h:8265"])
+        assert (ns.job_id, ns.address) == ("raysubmit_abc", "http://h:8265")
+    assert build_parser().parse_args(["jobs", "logs", "x", "--follow"]).follow
+    assert build_parser().parse_args(["jobs", "list"]).fn is cmd_jobs_list
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a GCS address is not the job server: ignored
+    assert default_job_address() == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert build_parser().parse_args(["jobs", "list"]).address == "http://head:8265"
+
+
+def test_build_entrypoint_quotes_every_word():
+    assert build_entrypoint(None, []) == "python -m rlpt.cli train"
+    cmd = build_entrypoint("configs/my run.yaml", ["run.name=a b", "data.path=$HOME;rm -rf x"], "/opt/py 3/python")
+    assert shlex.split(cmd) == ["/opt/py 3/python", "-m", "rlpt.cli", "train", "configs/my run.yaml",
+                                "run.name=a b", "data.path=$HOME;rm -rf x"]
+
+
+def test_parse_env():
+    assert parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    for bad in ("NOVALUE", "=1", "1A=2", "A-B=1"):
+        with pytest.raises(UsageError, match="expected KEY=VALUE"):
+            parse_env([bad])
+
+
+def test_config_must_be_inside_the_working_dir(tmp_path):
+    (tmp_path / "wd" / "configs").mkdir(parents=True)
+    (tmp_path / "wd" / "configs" / "c.yaml").write_text("run: {steps: 1}\n")
+    (tmp_path / "other.yaml").write_text("run: {steps: 1}\n")
+    assert config_in_working_dir(str(tmp_path / "wd/configs/c.yaml"), tmp_path / "wd") == "configs/c.yaml"
+    with pytest.raises(UsageError, match="outside the job's working dir"):
+        config_in_working_dir(str(tmp_path / "other.yaml"), tmp_path / "wd")
+    with pytest.raises(UsageError, match="no such file"):
+        config_in_working_dir(str(tmp_path / "wd/missing.yaml"), tmp_path / "wd")
+
+
+def test_build_runtime_env_layers_file_defaults_and_flags():
+    base = {"working_dir": "/ignored", "excludes": ["data/big/"], "env_vars": {"A": 1, "HF_HUB_OFFLINE": "0"},
+            "pip": ["requests"], "py_modules": ["s3://bucket/m.zip"]}
+    rt = build_runtime_env(base, "/wd", {"HF_HUB_OFFLINE": "1", "B": "b"}, {"A": "cli"}, ["emoji"])
+    assert rt["working_dir"] == "/wd" and rt["py_modules"] == ["s3://bucket/m.zip"]
+    assert rt["excludes"][0] == "data/big/" and ".venv/" in rt["excludes"] and "runs/" in rt["excludes"]
+    assert rt["env_vars"] == {"HF_HUB_OFFLINE": "0", "B": "b", "A": "cli"}  # defaults < file < --env; all str
+    assert rt["pip"] == ["requests", "emoji"]
+    assert build_runtime_env({"pip": {"packages": ["a"], "pip_check": False}}, "/wd", {}, {}, ["b"])["pip"] == {
+        "packages": ["a", "b"], "pip_check": False}
+    assert "pip" not in build_runtime_env({}, "/wd", {}, {}, [])
+    with pytest.raises(UsageError, match="--pip adds to"):
+        build_runtime_env({"pip": "requirements.txt"}, "/wd", {}, {}, ["b"])
+
+
+def test_submit_refuses_bad_input_locally_before_any_cluster(tmp_path, capsys, monkeypatch):
+    """Nothing here reaches a job server (none runs at this address): the errors come first."""
+    monkeypatch.chdir(ROOT)
+    no_server = ["--address", "http://127.0.0.1:9"]
+
+    def err() -> str:  # rich wraps at the console width
+        return " ".join(capsys.readouterr().err.split())
+
+    assert main(["submit", "algorithm.nam=grpo", *no_server]) == 2
+    assert "algorithm.nam: unknown key" in err()
+    assert main(["submit", "learner.lr=fast", *no_server]) == 2
+    assert "learner.lr" in err()
+    (tmp_path / "c.yaml").write_text("run: {steps: 1}\n")
+    assert main(["submit", str(tmp_path / "c.yaml"), *no_server]) == 2
+    assert "outside the job's working dir" in err()
+    assert main(["submit", "--env", "NOVALUE", *no_server]) == 2
+    assert "expected KEY=VALUE" in err()
+    (tmp_path / "rt.yaml").write_text("- not a mapping\n")
+    assert main(["submit", "--runtime-env", str(tmp_path / "rt.yaml"), *no_server]) == 2
+    assert "expected a mapping" in err()
+
+
+def test_a_fault_the_run_cannot_survive_is_printed_without_a_traceback(monkeypatch, capsys):
+    from actors.learner import LearnerRankLost
+
+    def dies(ns):
+        raise LearnerRankLost("learner rank 1 died during train_step. Resume with: rlpt train --resume /r")
+
+    monkeypatch.setattr("rlpt.cli.cmd_train", dies)
+    assert main(["train", "run.steps=1"]) == 1
+    err = capsys.readouterr().err
+    assert "LearnerRankLost: learner rank 1 died during train_step" in err and "Traceback" not in err
+
+    def bug(ns):
+        raise KeyError("a bug, not a fault")  # anything else keeps its traceback
+
+    monkeypatch.setattr("rlpt.cli.cmd_train", bug)
+    with pytest.raises(KeyError):
+        main(["train", "run.steps=1"])
