@@ -43,10 +43,10 @@ def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: flo
             try:
                 results[i] = ray.get(ref)
             except RayActorError as e:  # an exception raised inside the actor propagates as it is (RayTaskError)
-                raise ActorLost(f"{what}: {labels[i]} died ({type(e).__name__}: {_first_line(e)})") from None
+                raise ActorLost(f"{what}: {labels[i]} died ({type(e).__name__}: {first_line(e)})") from None
     return results
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

@@ -60,23 +60,26 @@ class Fleet:
         self.next_id = len(pool.workers)
         self.updates, self.last_change = 0, None
         self.joined = self.left = self.join_timeouts = 0
+        self.last_decision: tuple[int, float] = (0, 0.0)
         self.request([dict(self.bundle) for _ in range(self.target)])
         self._fill(replacing=0)
         self.pool.fleet_stats.update(self._stats(decision=0, share=0.0))
 
     # -------------------------------------------------------------------------------------------- the update
-    def update(self) -> bool:
-        """Between steps: returns True when the member list changed (the sync group must be re-formed)."""
+    def update(self, autoscale: bool = True) -> bool:
+        """Between steps: returns True when the member list changed (the sync group must be re-formed).
+        `autoscale=False` (a repair after a failed sync, inside a step) only replaces the dead."""
         changed = False
         lost = self._drop_dead()
         changed |= bool(lost)
-        decision, share = self._autoscale()
+        decision, share = self._autoscale() if autoscale else self.last_decision  # a repair keeps the step's
+        self.last_decision = (decision, share)
         changed |= self._retire_extra()
         self._fill(replacing=lost)
         changed |= self._admit_ready(block=len(self.pool.workers) < self.min_size)
         self._expire_stale()
         self.pool.fleet_stats.update(self._stats(decision, share))
-        self.updates += 1
+        self.updates += int(autoscale)  # the policy's clock counts steps, not repairs
         return changed
 
     def _drop_dead(self) -> int:

@@ -84,6 +84,22 @@ def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: floa
     return gather(what, refs, labels, timeout_s)
 
 
+def _settle(refs: list[Any], timeout_s: float) -> bool:
+    """Wait (bounded) for calls that may fail; False if one's actor died or one is still running."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except RayActorError:
+            return False
+        except Exception:  # noqa: BLE001 - the failed broadcast itself: expected here
+            pass
+    return not pending
+
+
 def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], names: list[str], generation: int
                     ) -> None:
     """(Re-)form the weight-sync group: learner rank 0 + every member (all TP workers of each engine)."""
@@ -160,10 +176,26 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
             generation[0] += 1
             form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
 
+    def recover_sync(send: list[Any], receive: list[Any]) -> list[str]:
+        """After a failed sync: the engines that died in it (replaced, group re-formed), or [] when none did."""
+        names_before = list(pool.names)
+        if not _settle(send, cfg.sync.timeout_s + 30):
+            return []  # a learner rank died or hangs: not an engine fault (the sync error stands)
+        ray.get(ranks[0].leave_sync_group.remote(), timeout=T)  # frees members still blocked in the broken group
+        _settle(receive, cfg.sync.timeout_s + 30)  # their "connection closed" errors: expected, consumed here
+        pool.check_alive(T)
+        lost = [names_before[w] for w in sorted(pool.dead) if w < len(names_before)]
+        if not lost:
+            return []
+        fleet.update(autoscale=False)  # drop the dead, start and admit replacements (blocks below cluster.rollout.min)
+        generation[0] += 1
+        form_sync_group(cfg, ranks[0], addr, *members(), generation[0])  # rank 0 drops the broken group first
+        return lost
+
     form_sync_group(cfg, ranks[0], addr, *members(), 0)
     probe_ids = list(prompts[0].prompt_ids) + tokenizer(" 12 34 the answer", add_special_tokens=False)["input_ids"]
     syncer = EngineSync(learner, members, plan, probe_ids, cfg.sync.probe_tolerance, cfg.sync.timeout_s + 30,
-                        before_sync)
+                        before_sync, recover_sync)
     vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make_verifier,
                          max_restarts=cfg.verifier.max_restarts)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,

@@ -261,8 +261,15 @@ class LearnerRank:
         return self.plan
 
     def open_sync_group(self, host: str) -> int:
+        """A fresh store for a new group generation. The old group is closed first: after a failed sync, members
+        still blocked in its broadcast then fail at once (their peer is gone) instead of at the backend timeout."""
+        self.group = None
         self._store = host_store(host, self.cfg.sync.timeout_s)
         return int(self._store.port)
+
+    def leave_sync_group(self) -> None:
+        """Close this rank's end of the group (after a failed sync: members blocked in it fail at once)."""
+        self.group = None
 
     def join_sync_group(self, spec: GroupSpec) -> None:
         self.group = WeightGroup(spec, 0, store=self._store)

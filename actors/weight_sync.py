@@ -14,6 +14,7 @@ everything else (rendezvous, bucketing, timeouts, error naming) is shared.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -169,12 +170,20 @@ class EngineSync:
     together, wait with a deadline that names whoever is late, then probe members against the learner.
 
     Membership is read at each sync (`members()`); `before_sync()` runs first and is where dead engines are
-    replaced and the group re-formed, so membership only ever changes between collectives."""
+    replaced and the group re-formed, so membership only ever changes between collectives.
+
+    An engine that dies *inside* the broadcast fails it for everyone. Then `recover(send_refs, receive_refs)` lets
+    the learner finish failing, drops the dead engines, starts replacements and re-forms the group (returning the
+    names of the engines lost; none lost = the failure was not an engine's, and the error stands), and the sync runs
+    again from the first bucket: every member ends with the whole new version, never a mix."""
+
+    MAX_ATTEMPTS = 3  # per sync; each retry also costs a replacement engine (bounded by rollout.max_restarts)
 
     def __init__(self, learner: Any, members: Callable[[], tuple[list[Any], list[str]]], plan: SyncPlan,
                  probe_ids: Sequence[int], tolerance: float, timeout_s: float,
-                 before_sync: Callable[[], None] | None = None) -> None:
-        self.learner, self.members, self.before_sync = learner, members, before_sync
+                 before_sync: Callable[[], None] | None = None,
+                 recover: Callable[[list[Any], list[Any]], list[str]] | None = None) -> None:
+        self.learner, self.members, self.before_sync, self.recover = learner, members, before_sync, recover
         self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
 
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
@@ -205,11 +214,23 @@ class EngineSync:
 
         if self.before_sync is not None:
             self.before_sync()
-        workers, names = self.members()
-        start = time.perf_counter()
-        send = self.learner.send_refs(version)
-        recv = [w.receive_weights.remote(self.plan, version) for w in workers]
-        labels = [f"learner rank {i}" for i in range(len(send))] + names
-        self._wait(f"weight sync v{version}", send + recv, labels)
+        start, retries = time.perf_counter(), 0
+        for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            workers, names = self.members()
+            send = self.learner.send_refs(version)
+            recv = [w.receive_weights.remote(self.plan, version) for w in workers]
+            labels = [f"learner rank {i}" for i in range(len(send))] + names
+            try:
+                self._wait(f"weight sync v{version}", send + recv, labels)
+                break
+            except SyncGroupError as e:
+                from actors.calls import first_line
+
+                lost = self.recover(send, recv) if self.recover is not None and attempt < self.MAX_ATTEMPTS else []
+                if not lost:
+                    raise
+                retries += 1
+                print(f"[rlpt] {', '.join(lost)} died during weight sync v{version} ({first_line(e)}); group "
+                      f"re-formed without it, syncing v{version} again (attempt {attempt + 1})", file=sys.stderr)
         seconds = time.perf_counter() - start
-        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version)
+        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version, retries=retries)

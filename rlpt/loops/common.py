@@ -51,6 +51,10 @@ class SyncReport:
     seconds: float
     probe_max_abs_diff: float
     version: int
+    retries: int = 0  # times this sync ran again after an engine died inside it
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"sync/probe_max_abs_diff": self.probe_max_abs_diff, "sync/retries": float(self.retries)}
 
 
 class SyncService(Protocol):
@@ -199,7 +203,7 @@ def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, 
         with timer.phase("checkpoint"):
             state = LoopState(step + 1, version, cursor, None if rng is None else rng_state(rng))
             save_checkpoint(w.learner, run_dir, step + 1, cfg.run.keep_checkpoints, state)
-    for key in ("sync/probe_max_abs_diff", "logprob_gap/mean"):
+    for key in ("sync/probe_max_abs_diff", "sync/retries", "logprob_gap/mean"):
         metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
     metrics["sync/skipped"] = 0.0 if trained else 1.0
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})

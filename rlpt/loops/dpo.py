@@ -82,6 +82,6 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                 with timer.phase("sync"):
                     report = w.sync.sync(version + 1)
                 version = report.version
-                metrics["sync/probe_max_abs_diff"] = report.probe_max_abs_diff
+                metrics.update(report.as_metrics())
             end_step(cfg, w, run_dir, rnd, d.rounds, version, bool(pairs), metrics, scored, timer, t0,
                      writer, on_step, cursor.state_dict(), rng)

@@ -92,3 +92,50 @@ def test_learner_rank_death_stops_the_run_fast_and_the_checkpoint_resumes(ray_cl
     train(load_config(run_dir / "config.yaml", []), run_dir, resume=True)  # the checkpoint is valid
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(6)) and rows[-1]["policy_version"] == 6
+
+
+def test_engine_dying_inside_the_weight_sync_is_replaced_and_the_version_sent_again(ray_cluster, tiny_root):
+    """Engine 0 is killed while learner rank 0 is already broadcasting v3 (many small buckets): the sync fails for
+    every member, the learner closes the broken group, a replacement starts, the group is re-formed and v3 is sent
+    again from the first bucket. The run completes, every engine ends on the learner's weights, no prompt is lost,
+    and the repair does not wait for the backend's collective timeout."""
+    from ray.exceptions import RayActorError
+
+    run_dir = tiny_root / "faults-sync"
+    P, G = 8, 4
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-sync", "run.steps=5", "rollout.num_workers=2",
+                             f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}",
+                             "sync.bucket_mb=0.05"])
+    prep = prepare(cfg, run_dir)
+    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    learner, victim = graph.sync.learner, graph.pool.workers[0]
+    real_send_refs = learner.send_refs
+
+    def send_refs_then_kill(version):
+        refs = real_send_refs(version)
+        if version == 3 and victim in graph.pool.workers:  # rank 0 is inside the broadcast: kill a member
+            ray_cluster.kill(victim)
+            with pytest.raises(RayActorError):
+                while True:
+                    ray_cluster.get(victim.ping.remote())
+        return refs
+
+    learner.send_refs = send_refs_then_kill
+    try:
+        online.run(cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id)
+        assert victim not in graph.pool.workers and len(graph.pool.workers) == 2
+        assert [ray_cluster.get(w.get_version.remote()) for w in graph.pool.workers] == [5, 5]
+    finally:
+        shutdown(graph)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(5))
+    assert [r["sync/retries"] for r in rows] == [0, 0, 1, 0, 0]
+    assert rows[-1]["faults/rollout_restarts"] == 1
+    assert [r["policy_version"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows)  # v3 arrived whole
+    assert rows[2]["timing/sync"] < cfg.sync.timeout_s, "the repair waited for the collective timeout"
+    print("timing/sync per step:", [round(r["timing/sync"], 2) for r in rows])
+    table = read_rollouts(run_dir).to_pylist()
+    for step in range(5):
+        here = [r for r in table if r["step"] == step]
+        assert len(here) == P * G and len({(r["prompt_uid"], r["sample_index"]) for r in here}) == P * G
