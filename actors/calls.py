@@ -47,6 +47,23 @@ def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: flo
     return results
 
 
+def settle(refs: Sequence[Any], timeout_s: float) -> bool:
+    """Wait (bounded) for calls that may fail, e.g. the rest of a broken collective, ignoring their exceptions.
+    False if one's actor died or one is still running after `timeout_s`."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except RayActorError:
+            return False
+        except Exception:  # noqa: BLE001 - the failure the caller is cleaning up after: expected here
+            pass
+    return not pending
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

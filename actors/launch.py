@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from actors import placement
-from actors.calls import ActorCallTimeout, gather
+from actors.calls import ActorCallTimeout, gather, settle
 from actors.fleet import Fleet
 from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
@@ -82,22 +82,6 @@ class Graph:
 
 def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: float) -> list[Any]:
     return gather(what, refs, labels, timeout_s)
-
-
-def _settle(refs: list[Any], timeout_s: float) -> bool:
-    """Wait (bounded) for calls that may fail; False if one's actor died or one is still running."""
-    import ray
-    from ray.exceptions import RayActorError
-
-    done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    for ref in done:
-        try:
-            ray.get(ref)
-        except RayActorError:
-            return False
-        except Exception:  # noqa: BLE001 - the failed broadcast itself: expected here
-            pass
-    return not pending
 
 
 def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], names: list[str], generation: int
@@ -171,25 +155,25 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
 
     generation = [0]
 
+    def reform() -> None:
+        generation[0] += 1
+        form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
+
     def before_sync() -> None:
         if fleet.update():  # engines left or joined: re-form the group with them, only ever between collectives
-            generation[0] += 1
-            form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
+            reform()
 
     def recover_sync(send: list[Any], receive: list[Any]) -> list[str]:
         """After a failed sync: the engines that died in it (replaced, group re-formed), or [] when none did."""
         names_before = list(pool.names)
-        if not _settle(send, cfg.sync.timeout_s + 30):
+        if not settle(send, cfg.sync.timeout_s + 30):
             return []  # a learner rank died or hangs: not an engine fault (the sync error stands)
         ray.get(ranks[0].leave_sync_group.remote(), timeout=T)  # frees members still blocked in the broken group
-        _settle(receive, cfg.sync.timeout_s + 30)  # their "connection closed" errors: expected, consumed here
-        pool.check_alive(T)
-        lost = [names_before[w] for w in sorted(pool.dead) if w < len(names_before)]
-        if not lost:
-            return []
+        settle(receive, cfg.sync.timeout_s + 30)  # their "connection closed" errors: expected, consumed here
         fleet.update(autoscale=False)  # drop the dead, start and admit replacements (blocks below cluster.rollout.min)
-        generation[0] += 1
-        form_sync_group(cfg, ranks[0], addr, *members(), generation[0])  # rank 0 drops the broken group first
+        lost = [name for name in names_before if name not in pool.names]
+        if lost:
+            reform()
         return lost
 
     form_sync_group(cfg, ranks[0], addr, *members(), 0)

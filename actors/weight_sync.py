@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from actors.calls import ActorCallTimeout, ActorLost, first_line, gather
 from rlpt.weights import SyncPlan, pack, unpack
 
 
@@ -189,8 +190,6 @@ class EngineSync:
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
         """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
         otherwise only end at the backend timeout); so does one that is late past `timeout_s`."""
-        from actors.calls import ActorCallTimeout, ActorLost, gather
-
         try:
             return gather(what, refs, labels, self.timeout_s)
         except (ActorCallTimeout, ActorLost) as e:
@@ -224,8 +223,6 @@ class EngineSync:
                 self._wait(f"weight sync v{version}", send + recv, labels)
                 break
             except SyncGroupError as e:
-                from actors.calls import first_line
-
                 lost = self.recover(send, recv) if self.recover is not None and attempt < self.MAX_ATTEMPTS else []
                 if not lost:
                     raise

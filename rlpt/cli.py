@@ -20,6 +20,11 @@ err = Console(stderr=True)
 out = Console()
 
 
+def say(console: Console, text: str) -> None:
+    """Print as is: job messages and paths hold brackets that rich would read as markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 class UsageError(ValueError):
     pass
 
@@ -203,7 +208,7 @@ def _server(address: str) -> Any:
 
 def _report(info: Any) -> int:
     """Print a terminal job's status and message; 0 for SUCCEEDED, 1 otherwise."""
-    out.print(f"job {info.job_id} {info.status}: {info.message}", markup=False, highlight=False, soft_wrap=True)
+    say(out, f"job {info.job_id} {info.status}: {info.message}")
     return 0 if info.status == "SUCCEEDED" else 1
 
 
@@ -216,8 +221,8 @@ def _follow(server: Any, job_id: str) -> int:
         server.tail_logs(job_id, write)
         return _report(server.wait(job_id))
     except KeyboardInterrupt:
-        err.print(f"stopped following; job {job_id} keeps running. Stop it with: rlpt jobs stop {job_id} "
-                  f"--address {server.address}", markup=False, highlight=False, soft_wrap=True)
+        say(err, f"stopped following; job {job_id} keeps running. Stop it with: rlpt jobs stop {job_id} "
+                 f"--address {server.address}")
         return 130
 
 
@@ -235,9 +240,9 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     if ns.validate:  # fail here, with the key path, rather than on the cluster
         cfg = load_config(path, overrides)
         if not Path(cfg.run.root).is_absolute():
-            err.print(f"warning: run.root={cfg.run.root!r} is relative: in the job it lands in the job's temporary "
-                      f"copy of the working dir on the head node; pass run.root=/a/shared/absolute/path to keep "
-                      f"the run", markup=False, highlight=False, soft_wrap=True)
+            say(err, f"warning: run.root={cfg.run.root!r} is relative: in the job it lands in the job's temporary "
+                     f"copy of the working dir on the head node; pass run.root=/a/shared/absolute/path to keep the "
+                     f"run")
     from actors.placement import ACTOR_ENV
 
     env_defaults = {k: os.environ.get(k, v) for k, v in ACTOR_ENV.items()}
@@ -247,12 +252,10 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     with _job_errors():
         server = _server(ns.address)
         job_id = server.submit(entrypoint, runtime_env, ns.submission_id)
-        out.print(f"submitted job {job_id} to {server.address}: {entrypoint}", markup=False, highlight=False,
-                  soft_wrap=True)
-        out.print(f"dashboard: {server.dashboard_url(job_id)}", markup=False, highlight=False, soft_wrap=True)
+        say(out, f"submitted job {job_id} to {server.address}: {entrypoint}")
+        say(out, f"dashboard: {server.dashboard_url(job_id)}")
         if not ns.follow:
-            out.print(f"logs: rlpt jobs logs {job_id} --follow --address {server.address}", markup=False,
-                      highlight=False, soft_wrap=True)
+            say(out, f"logs: rlpt jobs logs {job_id} --follow --address {server.address}")
             return 0
         return _follow(server, job_id)
 
@@ -260,8 +263,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 def cmd_jobs_status(ns: argparse.Namespace) -> int:
     with _job_errors():
         info = _server(ns.address).info(ns.job_id)
-    out.print(f"job {info.job_id}: {info.status}\n{info.message}\nentrypoint: {info.entrypoint}", markup=False,
-              highlight=False, soft_wrap=True)
+    say(out, f"job {info.job_id}: {info.status}\n{info.message}\nentrypoint: {info.entrypoint}")
     return 0
 
 
@@ -278,8 +280,7 @@ def cmd_jobs_stop(ns: argparse.Namespace) -> int:
     with _job_errors():
         server = _server(ns.address)
         if not server.stop(ns.job_id):
-            out.print(f"job {ns.job_id} was not running ({server.info(ns.job_id).status})", markup=False,
-                      highlight=False)
+            say(out, f"job {ns.job_id} was not running ({server.info(ns.job_id).status})")
             return 0
         _report(server.wait(ns.job_id, timeout_s=ns.timeout))  # STOPPED (or it finished meanwhile)
     return 0

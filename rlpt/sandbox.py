@@ -144,11 +144,11 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLim
         except subprocess.TimeoutExpired:  # the supervisor itself is stuck: take everything down from here
             _hard_kill(proc, uid)
             out, err = b'{"timed_out": true, "exit": null, "signal": null, "cpu_s": 0, "net_isolated": false}', b""
-        lines = out.decode(errors="replace").split()
-        if proc.returncode not in (0, -signal.SIGKILL) or not lines:
+        text = out.decode(errors="replace").strip()
+        if proc.returncode not in (0, -signal.SIGKILL) or not text:
             raise SandboxError(f"sandbox supervisor exited with {proc.returncode}: "
                                f"{err.decode(errors='replace')[-2000:]}")
-        report = json.loads(out.decode())
+        report = json.loads(text)
         left = _sweep_world_writable(uid) if uid is not None else []
         stdout, stderr = (_read(fds[k], limits) for k in ("out", "err"))
     status, detail = _classify(report, limits, stderr, left)
