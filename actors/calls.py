@@ -12,12 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from rlpt.errors import RunFault
 
-class ActorCallTimeout(TimeoutError):
+
+class ActorCallTimeout(RunFault, TimeoutError):
     """Some calls did not finish in time; the message names the actors and the phase."""
 
 
-class ActorLost(RuntimeError):
+class ActorLost(RunFault):
     """An actor died (process killed, node lost) while the caller waited on it; the message names it."""
 
 

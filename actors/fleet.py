@@ -60,10 +60,10 @@ class Fleet:
         self.next_id = len(pool.workers)
         self.updates, self.last_change = 0, None
         self.joined = self.left = self.join_timeouts = 0
+        self.restarts, self.max_restarts = 0, cfg.rollout.max_restarts  # replacements for dead engines
         self.last_decision: tuple[int, float] = (0, 0.0)
         self.request([dict(self.bundle) for _ in range(self.target)])
         self._fill(replacing=0)
-        self.pool.fleet_stats.update(self._stats(decision=0, share=0.0))
 
     # -------------------------------------------------------------------------------------------- the update
     def update(self, autoscale: bool = True) -> bool:
@@ -78,7 +78,6 @@ class Fleet:
         self._fill(replacing=lost)
         changed |= self._admit_ready(block=len(self.pool.workers) < self.min_size)
         self._expire_stale()
-        self.pool.fleet_stats.update(self._stats(decision, share))
         self.updates += int(autoscale)  # the policy's clock counts steps, not repairs
         return changed
 
@@ -125,14 +124,14 @@ class Fleet:
         while len(self.pool.workers) + len(self.pending) < self.target:
             is_replacement = replacing > 0
             if is_replacement:
-                if self.pool.restarts >= self.pool.max_restarts:
+                if self.restarts >= self.max_restarts:
                     if len(self.pool.workers) + len(self.pending) < self.min_size:
                         raise RolloutWorkerLost(
                             f"rollout engines died and the pool may not replace them (restarts so far "
-                            f"{self.pool.restarts}, rollout.max_restarts={self.pool.max_restarts}); "
+                            f"{self.restarts}, rollout.max_restarts={self.max_restarts}); "
                             f"{len(self.pool.workers)} live, cluster.rollout.min={self.min_size}")
                     return
-                self.pool.restarts += 1
+                self.restarts += 1
                 replacing -= 1
             name = f"rollout-{self.next_id}"
             self.next_id += 1
@@ -195,8 +194,11 @@ class Fleet:
             self.target = max(self.min_size, len(self.pool.workers) + len(self.pending))
             self.request([dict(self.bundle) for _ in range(self.target)])
 
-    def _stats(self, decision: int, share: float) -> dict[str, float]:
-        return {"fleet/size": float(len(self.pool.workers)), "fleet/pending": float(len(self.pending)),
+    def metrics(self) -> dict[str, float]:
+        """The fleet's health as of its last update: size, pending engines, scaling, joins, departures, restarts."""
+        decision, share = self.last_decision
+        return {"faults/rollout_restarts": float(self.restarts),
+                "fleet/size": float(len(self.pool.workers)), "fleet/pending": float(len(self.pending)),
                 "fleet/target": float(self.target), "fleet/decision": float(decision),
                 "fleet/wait_share": share, "fleet/joined": float(self.joined), "fleet/left": float(self.left),
                 "fleet/join_timeouts": float(self.join_timeouts)}

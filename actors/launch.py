@@ -1,4 +1,4 @@
-"""Composition root: config -> actors -> `LOOPS[cfg.algorithm.name](cfg, workers, ...)`.
+"""Composition root: config -> actors -> the algorithm's loop (`LOOPS[algorithm.loop(cfg)]`).
 
 Everything Ray-specific about building the graph is here; the loops only see rlpt.loops.common.Workers.
 """
@@ -15,37 +15,28 @@ from typing import Any, Callable, Sequence
 import torch
 
 from actors import placement
-from actors.calls import ActorCallTimeout, gather, settle
+from actors.calls import gather
 from actors.fleet import Fleet
 from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
 from actors.rollout import RolloutPool, RolloutWorker, engine_options
+from actors.sync_group import EngineSync, SyncMembership
 from actors.verifier import VerifierPool, VerifierWorker
-from actors.weight_sync import EngineSync, GroupSpec, SyncGroupError, resolve_backend
-from rlpt.batching import learner_layout, pair_layout
+from rlpt.algorithms import algorithm_of
+from rlpt.algorithms.base import LoopKind, ReferenceUse
 from rlpt.config import RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.loops import dpo, online, rft
-from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint, total_steps
+from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.metrics import truncate_metrics
 from rlpt.models import load_tokenizer, resolve_model_path
 from rlpt.types import Prompt
 
-LOOPS: dict[str, Callable[..., None]] = {
-    "grpo": online.run,
-    "nft": online.run,
-    "rft": rft.run,  # online mode delegates to online.run; rounds mode is its own loop
-    "dpo": dpo.run,
+LOOPS: dict[LoopKind, Callable[..., None]] = {
+    LoopKind.ONLINE: online.run,
+    LoopKind.QUOTA_ROUNDS: rft.run,
+    LoopKind.PAIR_ROUNDS: dpo.run,
 }
-
-
-def needs_reference(cfg: RlptConfig) -> bool:
-    return cfg.algorithm.name == "dpo" or (cfg.algorithm.name == "grpo" and cfg.algorithm.grpo.beta > 0)
-
-
-def reference_syncs(cfg: RlptConfig) -> bool:
-    """DPO with `reference: previous` moves the reference to each round's policy through the sync group."""
-    return cfg.algorithm.name == "dpo" and cfg.algorithm.dpo.reference == "previous"
 
 
 class RemoteReference:
@@ -60,9 +51,20 @@ class RemoteReference:
         return ray.get(self.actor.logprobs.remote(input_ids_B_T, attention_mask_B_T), timeout=self.timeout_s)
 
 
+@dataclass(frozen=True)
+class GraphHealth:
+    """HealthService: the fleet's metrics (faults/rollout_restarts, fleet/*) and the verifier pool's restarts."""
+
+    fleet: Fleet
+    verifiers: VerifierPool
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts)}
+
+
 @dataclass
 class Graph:
-    workers: Workers
+    workers: Workers[LearnerGroup]
     learner_ranks: list[Any]
     pool: RolloutPool
     verifier_pool: VerifierPool
@@ -80,30 +82,38 @@ class Graph:
                 *([self.reference] if self.reference else []), *self.fleet.shutdown()]
 
 
-def _wait_all(what: str, refs: list[Any], labels: Sequence[str], timeout_s: float) -> list[Any]:
-    return gather(what, refs, labels, timeout_s)
+@dataclass(frozen=True)
+class Factories:
+    """How to start each kind of actor (the fleet and the verifier pool start replacements with these too)."""
 
+    cfg: RlptConfig
+    model_path: str
 
-def form_sync_group(cfg: RlptConfig, rank0: Any, host: str, members: list[Any], names: list[str], generation: int
-                    ) -> None:
-    """(Re-)form the weight-sync group: learner rank 0 + every member (all TP workers of each engine)."""
-    import ray
+    def learner_rank(self, pg: Any, k: int) -> Any:
+        import ray
 
-    port = ray.get(rank0.open_sync_group.remote(host), timeout=cfg.run.actor_timeout_s)
-    tp = cfg.rollout.tensor_parallel_size
-    labels, bases, nxt = ["learner rank 0"], [], 1
-    for m, name in zip(members, names):
-        width = 1 if name == "reference" else tp
-        labels += [f"{name} (tp {t})" if width > 1 else name for t in range(width)]
-        bases.append(nxt)
-        nxt += width
-    spec = GroupSpec(name=f"weights-{generation}", host=host, port=port, backend=resolve_backend(cfg.sync.backend),
-                     timeout_s=cfg.sync.timeout_s, labels=tuple(labels))
-    joins = [rank0.join_sync_group.remote(spec)] + [m.join_sync.remote(spec, b) for m, b in zip(members, bases)]
-    try:
-        _wait_all("weight-sync group", joins, ["learner rank 0", *names], cfg.sync.timeout_s + 30)
-    except ActorCallTimeout as e:
-        raise SyncGroupError(str(e)) from None
+        return ray.remote(LearnerRank).options(**placement.learner_options(self.cfg, pg, k)).remote(
+            k, self.cfg.learner.num_ranks, self.cfg, self.model_path)
+
+    def engine(self, name: str) -> Any:
+        import ray
+
+        return ray.remote(RolloutWorker).options(**placement.engine_options(self.cfg)).remote(
+            name, engine_options(self.cfg, self.model_path), self.model_path)
+
+    def verifier(self, name: str) -> Any:
+        import ray
+
+        v = self.cfg.verifier
+        return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
+            name, v.name, v.timeout_s, v.error_reward)
+
+    def reference(self) -> Any:
+        import ray
+
+        c = self.cfg
+        return ray.remote(ReferenceActor).options(**placement.reference_options(c)).remote(
+            self.model_path, c.model.dtype, c.rollout.temperature, c.learner.micro_batch_size)
 
 
 def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequence[Prompt],
@@ -113,76 +123,32 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     import ray
 
     placement.init_ray(cfg)
-    T = cfg.run.actor_timeout_s
+    algo, make, T = algorithm_of(cfg), Factories(cfg, str(model_path)), cfg.run.actor_timeout_s
     K, N, M = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
     # Start everything at once: engine and DeepSpeed start-up dominate and overlap.
     pg = placement.learner_placement_group(cfg, T)
-    ranks = [ray.remote(LearnerRank).options(**placement.learner_options(cfg, pg, k)).remote(k, K, cfg, str(model_path))
-             for k in range(K)]
-    opts = engine_options(cfg, str(model_path))
-
-    def make_engine(name: str) -> Any:
-        return ray.remote(RolloutWorker).options(**placement.engine_options(cfg)).remote(name, opts, str(model_path))
-
-    def make_verifier(name: str) -> Any:
-        return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
-            name, cfg.verifier.name, cfg.verifier.timeout_s, cfg.verifier.error_reward)
-
+    ranks = [make.learner_rank(pg, k) for k in range(K)]
     names, vnames = [f"rollout-{i}" for i in range(N)], [f"verifier-{i}" for i in range(M)]
-    engines, verifiers = [make_engine(n) for n in names], [make_verifier(n) for n in vnames]
-    reference = None
-    if needs_reference(cfg):
-        reference = ray.remote(ReferenceActor).options(**placement.reference_options(cfg)).remote(
-            str(model_path), cfg.model.dtype, cfg.rollout.temperature, cfg.learner.micro_batch_size)
-    if cfg.algorithm.name == "dpo":
-        layout = pair_layout(cfg.algorithm.dpo.prompts_per_round, cfg.learner)
-    else:
-        layout = learner_layout(cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt, cfg.learner)
-    total = total_steps(cfg) * layout.mini_batches * max(cfg.learner.ppo_epochs, cfg.algorithm.dpo.epochs,
-                                                         cfg.algorithm.rft.epochs)
+    engines, verifiers = [make.engine(n) for n in names], [make.verifier(n) for n in vnames]
+    use = algo.reference(cfg)
+    reference = make.reference() if use is not ReferenceUse.NONE else None
+    layout = algo.layout(cfg)
     addr, port = ray.get(ranks[0].address.remote(), timeout=T)
-    setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, total) for r in ranks]
-    _wait_all("start-up", setups + [e.ping.remote() for e in engines] + [v.ping.remote() for v in verifiers],
-              [f"learner rank {k}" for k in range(K)] + names + vnames, T)
+    setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, algo.lr_horizon(cfg)) for r in ranks]
+    gather("start-up", setups + [e.ping.remote() for e in engines] + [v.ping.remote() for v in verifiers],
+           [f"learner rank {k}" for k in range(K)] + names + vnames, T)
     learner = LearnerGroup(ranks, layout, cfg, tokenizer.pad_token_id, T)
-    plan = learner.sync_plan()
-    pool = RolloutPool(engines, names, T, max_restarts=cfg.rollout.max_restarts)
-    fleet = Fleet(cfg, pool, make_engine, T, request_resources)
-    extras = [reference] if reference is not None and reference_syncs(cfg) else []
-
-    def members() -> tuple[list[Any], list[str]]:
-        return [*pool.workers, *extras], [*pool.names, *(["reference"] if extras else [])]
-
-    generation = [0]
-
-    def reform() -> None:
-        generation[0] += 1
-        form_sync_group(cfg, ranks[0], addr, *members(), generation[0])
-
-    def before_sync() -> None:
-        if fleet.update():  # engines left or joined: re-form the group with them, only ever between collectives
-            reform()
-
-    def recover_sync(send: list[Any], receive: list[Any]) -> list[str]:
-        """After a failed sync: the engines that died in it (replaced, group re-formed), or [] when none did."""
-        names_before = list(pool.names)
-        if not settle(send, cfg.sync.timeout_s + 30):
-            return []  # a learner rank died or hangs: not an engine fault (the sync error stands)
-        ray.get(ranks[0].leave_sync_group.remote(), timeout=T)  # frees members still blocked in the broken group
-        settle(receive, cfg.sync.timeout_s + 30)  # their "connection closed" errors: expected, consumed here
-        fleet.update(autoscale=False)  # drop the dead, start and admit replacements (blocks below cluster.rollout.min)
-        lost = [name for name in names_before if name not in pool.names]
-        if lost:
-            reform()
-        return lost
-
-    form_sync_group(cfg, ranks[0], addr, *members(), 0)
+    pool = RolloutPool(engines, names, T)
+    fleet = Fleet(cfg, pool, make.engine, T, request_resources)
+    membership = SyncMembership(cfg, ranks[0], addr, fleet,
+                                reference if use is ReferenceUse.FOLLOWS_POLICY else None)
+    membership.form()
     probe_ids = list(prompts[0].prompt_ids) + tokenizer(" 12 34 the answer", add_special_tokens=False)["input_ids"]
-    syncer = EngineSync(learner, members, plan, probe_ids, cfg.sync.probe_tolerance, cfg.sync.timeout_s + 30,
-                        before_sync, recover_sync)
-    vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make_verifier,
+    syncer = EngineSync(learner, membership, learner.sync_plan(), probe_ids, cfg.sync.probe_tolerance,
+                        cfg.sync.timeout_s + 30)
+    vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make.verifier,
                          max_restarts=cfg.verifier.max_restarts)
-    workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
+    workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer, health=GraphHealth(fleet, vpool),
                       reference=None if reference is None else RemoteReference(reference, T))
     return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet)
 
@@ -236,8 +202,8 @@ def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path
             graph.workers.learner.load_state(ckpt / "state")
             graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
             truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
-        LOOPS[cfg.algorithm.name](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id, on_step,
-                                  state)
+        LOOPS[algorithm_of(cfg).loop(cfg)](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id,
+                                           on_step, state)
     except LearnerRankLost as e:
         raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
 

@@ -1,31 +1,36 @@
 """Learner: K DeepSpeed ranks (ZeRO 0-3; gloo on CPU, NCCL on GPU) as Ray actors, and the LearnerGroup that drives
-them with explicit methods (split the batch, call every rank, gather, reduce).
+them with explicit methods (plan the step, call every rank, gather, reduce). Nothing here knows the algorithm: the
+plan, the micro-batch loop and the loss are rlpt's (rlpt.algorithms, rlpt.training); a rank is the `Trainee`.
 
-Loss scaling: each rank's micro-batch loss is sum(token_loss * weight) * K, where the weights (set per mini-batch
-by rlpt.batching) already normalise over the whole mini-batch. DeepSpeed averages gradients over the K ranks and
-we call backward with scale_wrt_gas=False, so the optimizer sees exactly the gradient of the mini-batch loss.
+Loss scaling: each rank's micro-batch loss already carries its share of the mini-batch normalisation (loss
+weights or the pair count, set by the algorithm's plan) and is multiplied by K here. DeepSpeed averages gradients
+over the K ranks and we call backward with scale_wrt_gas=False, so the optimizer sees exactly the gradient of the
+mini-batch loss.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import timedelta
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from actors.calls import ActorCallTimeout, ActorLost, gather
 from actors.weight_sync import GroupSpec, WeightGroup, host_store, resolve_backend
-from rlpt.algorithms import ALGORITHMS
+from rlpt.algorithms import algorithm_of
+from rlpt.algorithms.base import StepPlan
 from rlpt.algorithms.common import token_logprobs
+from rlpt.batching import LearnerLayout
 from rlpt.config import RlptConfig
+from rlpt.errors import RunFault
 from rlpt.models.lora import merged_state_dict
-from rlpt.batching import select_rows
+from rlpt.schedule import load_process_rng, lr_multiplier, save_process_rng
+from rlpt.training import RankReport, step_metrics, train_rank
 from rlpt.types import TrainBatch
 from rlpt.weights import SyncPlan, hf_param_name, plan_buckets
 
@@ -42,39 +47,6 @@ def _ds_config(cfg: RlptConfig, micro: int, gas: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-
-
-def _lr_lambda(cfg: RlptConfig, total_optimizer_steps: int):
-    lc = cfg.learner
-
-    def f(step: int) -> float:
-        if step < lc.warmup_steps:
-            return (step + 1) / (lc.warmup_steps + 1)
-        frac = (step - lc.warmup_steps) / max(1, total_optimizer_steps - lc.warmup_steps)
-        if lc.lr_schedule == "linear":
-            return max(0.0, 1.0 - frac)
-        if lc.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-        return 1.0
-
-    return f
-
-
-@dataclass
-class RankSums:
-    """Per-rank sums over response tokens; the group adds them up (maxima are maxed) and divides once."""
-
-    tokens: float = 0.0
-    loss: float = 0.0
-    clipped: float = 0.0
-    kl: float = 0.0
-    ratio: float = 0.0
-    ratio_max: float = 0.0
-    gap: float = 0.0
-    gap_max: float = 0.0
-    gap_tokens: float = 0.0
-    grad_norms: list[float] = field(default_factory=list)
-    lr: float = 0.0
 
 
 class LearnerRank:
@@ -135,114 +107,41 @@ class LearnerRank:
         params = [p for p in model.parameters() if p.requires_grad]
         lc = cfg.learner
         opt = torch.optim.AdamW(params, lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, self._total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(lc, self._total, step))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=_ds_config(cfg, self.micro, self._gas))
 
     # ------------------------------------------------------------------------------------------ training
-    def _logprobs(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    # The Trainee protocol of rlpt.training: the generic micro-batch loop drives these.
+    def logprobs(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         logits = self.engine(input_ids=ids, attention_mask=attn).logits
         return token_logprobs(logits / self.cfg.rollout.temperature, ids)
 
-    @torch.no_grad()
-    def old_logprobs(self, shares: Sequence[TrainBatch]) -> list[torch.Tensor]:
-        self.engine.eval()
-        return [torch.cat([self._logprobs(mb.input_ids_B_T[i:i + self.micro], mb.attention_mask_B_T[i:i + self.micro])
-                           for i in range(0, mb.num_rows, self.micro)]) for mb in shares]
+    def set_train(self, train: bool) -> None:
+        self.engine.train(train)
 
-    def train_step(self, shares: Sequence[TrainBatch]) -> RankSums:
-        """One training step on this rank's share of every mini-batch, ppo_epochs times. The rollout-vs-learner
-        logprob gap is measured on mini-batch 0 of epoch 0: DeepSpeed steps only at the accumulation boundary, so
-        every micro-batch there still sees the policy that generated the rollouts (after a sync)."""
-        lc = self.cfg.learner
-        token_loss = ALGORITHMS[self.cfg.algorithm.name].token_loss
-        olds = self.old_logprobs(shares) if lc.old_logprobs == "recompute" else None
-        sums = RankSums()
-        self.engine.train()
-        for epoch in range(lc.ppo_epochs):
-            for m, mb in enumerate(shares):
-                for i in range(0, mb.num_rows, self.micro):
-                    rows = slice(i, i + self.micro)
-                    mask = mb.loss_mask_B_T[rows].bool()
-                    logp = self._logprobs(mb.input_ids_B_T[rows], mb.attention_mask_B_T[rows])
-                    old = mb.rollout_logprobs_B_T[rows] if olds is None else olds[m][rows]
-                    t = token_loss(logp, old, select_rows(mb, torch.arange(mb.num_rows)[rows]), self.cfg)
-                    loss = (t.loss_B_T * mb.loss_weights_B_T[rows]).sum()
-                    self.engine.backward(loss * self.world, scale_wrt_gas=False)
-                    self.engine.step()
-                    self._accumulate(sums, t, logp, mb.rollout_logprobs_B_T[rows], mask, float(loss),
-                                     gap=epoch == 0 and m == 0)
-                sums.grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
-        sums.lr = float(self.scheduler.get_last_lr()[0])
-        return sums
+    def backward_step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
+        self.engine.step()  # DeepSpeed steps the optimizer (and LR) at the accumulation boundary only
 
-    def train_pairs(self, shares: Sequence[TrainBatch], pairs_per_mini_batch: Sequence[int]) -> RankSums:
-        """DPO step over this rank's share of each mini-batch (rows 2i chosen, 2i+1 rejected). The loss of a
-        mini-batch is the mean over its real pairs; `clipped` counts pairs with margin > 0 (preference accuracy),
-        `kl` sums margins, `ratio` sums the DPO loss (reduced by LearnerGroup.train_pairs)."""
-        from rlpt.algorithms.dpo import dpo_loss, winner_nll
+    def grad_norm(self) -> float:
+        return float(self.engine.get_global_grad_norm() or 0.0)
 
-        d = self.cfg.algorithm.dpo
-        sums = RankSums()
-        self.engine.train()
-        for m, (mb, n_pairs) in enumerate(zip(shares, pairs_per_mini_batch)):
-            for i in range(0, mb.num_rows, self.micro):
-                rows = slice(i, i + self.micro)
-                mask = mb.loss_mask_B_T[rows].bool()
-                logp = self._logprobs(mb.input_ids_B_T[rows], mb.attention_mask_B_T[rows])
-                seq = torch.where(mask, logp, torch.zeros(())).sum(dim=1)
-                assert mb.ref_logprobs_B_T is not None, "DPO rows need reference logprobs"
-                ref = torch.where(mask, mb.ref_logprobs_B_T[rows], torch.zeros(())).sum(dim=1)
-                valid = mask[0::2].any(dim=1).float()
-                losses, margin = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], d.beta, d.label_smoothing)
-                if d.nll_alpha > 0:
-                    losses = losses + d.nll_alpha * winner_nll(seq[0::2], mask[0::2].sum(dim=1))
-                loss = (losses * valid).sum() / max(n_pairs, 1)
-                self.engine.backward(loss * self.world, scale_wrt_gas=False)
-                self.engine.step()
-                with torch.no_grad():
-                    sums.tokens += float(valid.sum())
-                    sums.loss += float(loss)
-                    sums.clipped += float(((margin > 0).float() * valid).sum())
-                    sums.kl += float((margin * valid).sum())
-                    sums.ratio += float((losses * valid).sum())
-                    if m == 0:
-                        d_gap = (logp.detach()[mask] - mb.rollout_logprobs_B_T[rows][mask]).abs()
-                        if d_gap.numel():
-                            sums.gap += float(d_gap.sum())
-                            sums.gap_max = max(sums.gap_max, float(d_gap.max()))
-                            sums.gap_tokens += float(d_gap.numel())
-            sums.grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
-        sums.lr = float(self.scheduler.get_last_lr()[0])
-        return sums
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
 
-    @staticmethod
-    @torch.no_grad()
-    def _accumulate(s: RankSums, t: Any, logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
-                    loss: float, gap: bool) -> None:
-        n = float(mask.sum())
-        ratio = torch.exp(t.log_ratio_B_T[mask])
-        s.tokens += n
-        s.loss += loss
-        s.clipped += float(t.clipped_B_T.sum())
-        s.kl += 0.0 if t.kl_B_T is None else float(t.kl_B_T[mask].sum())
-        s.ratio += float(ratio.sum())
-        s.ratio_max = max(s.ratio_max, float(ratio.max()) if n else 0.0)
-        if gap and n:
-            d = (logp.detach()[mask] - rollout_logp[mask]).abs()
-            s.gap, s.gap_max, s.gap_tokens = s.gap + float(d.sum()), max(s.gap_max, float(d.max())), s.gap_tokens + n
+    def optimizer_steps(self) -> int:
+        return int(self.engine.global_steps)
+
+    def train(self, plan: StepPlan) -> RankReport:
+        """This rank's share of one training step (every optimizer step of it), whatever the algorithm."""
+        return train_rank(algorithm_of(self.cfg), self.cfg, self, plan, self.micro)
 
     # ------------------------------------------------------------------------------------- full weights
     def _gathered_state(self) -> dict[str, torch.Tensor] | None:
         """Full HF-named weights on rank 0 (None elsewhere). Collective under ZeRO-3: call on every rank."""
-        module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = {k: v.detach().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
-        else:
-            state = {k: v.detach() for k, v in module.state_dict().items()} if self.rank == 0 else None
+        with self._full_parameters() as module:
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
         if state is None:
             return None
         if self.lora_scaling is not None:
@@ -251,6 +150,18 @@ class LearnerRank:
         if self.tie_embeddings:
             state.pop("lm_head.weight", None)  # vLLM and HF re-tie it from the embeddings
         return state
+
+    @contextmanager
+    def _full_parameters(self) -> Iterator[torch.nn.Module]:
+        """The module with every parameter whole (ZeRO-3 gathers them: collective, call on every rank)."""
+        module = self.engine.module
+        if self.cfg.learner.zero_stage != 3:
+            yield module
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
 
     def sync_plan(self) -> SyncPlan | None:
         state = self._gathered_state()
@@ -284,14 +195,8 @@ class LearnerRank:
         """Per-parameter checksums of the training copy, split by trainable or frozen (for tests and audits)."""
         from rlpt.weights import state_checksum
 
-        module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                params = [(n, p.detach().clone(), p.requires_grad) for n, p in module.named_parameters()]
-        else:
-            params = [(n, p.detach(), p.requires_grad) for n, p in module.named_parameters()]
+        with self._full_parameters() as module:
+            params = [(n, p.detach().clone(), p.requires_grad) for n, p in module.named_parameters()]
         return {f"{'trainable' if g else 'frozen'}:{n}": state_checksum([(n, t)]) for n, t, g in params}
 
     @torch.no_grad()
@@ -321,41 +226,30 @@ class LearnerRank:
     def save_state(self, out_dir: str) -> None:
         """Everything exact resume needs from this rank: DeepSpeed model, optimizer and LR-scheduler state
         (collective), and this process's RNG states."""
-        import random
-
-        import numpy as np
-
         self.engine.save_checkpoint(out_dir, tag="deepspeed", save_latest=False)
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        torch.save(rng, Path(out_dir) / f"rng_rank{self.rank}.pt")
+        save_process_rng(Path(out_dir) / f"rng_rank{self.rank}.pt")
 
     def load_state(self, in_dir: str) -> None:
-        import random
-
-        import numpy as np
-
         path, _ = self.engine.load_checkpoint(in_dir, tag="deepspeed", load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed state under {in_dir}")
-        rng = torch.load(Path(in_dir) / f"rng_rank{self.rank}.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        load_process_rng(Path(in_dir) / f"rng_rank{self.rank}.pt")
 
 
-class LearnerTimeout(TimeoutError):
+class LearnerTimeout(RunFault, TimeoutError):
     pass
 
 
-class LearnerRankLost(RuntimeError):
+class LearnerRankLost(RunFault):
     """A learner rank died: the run stops (its checkpoints stay valid; `rlpt train --resume` continues)."""
 
 
 class LearnerGroup:
     """Driver-side handle on the K ranks. Explicit fan-out: split the batch, call every rank, gather, reduce."""
 
-    def __init__(self, ranks: Sequence[Any], layout: Any, cfg: RlptConfig, pad_id: int, timeout_s: float) -> None:
+    def __init__(self, ranks: Sequence[Any], layout: LearnerLayout, cfg: RlptConfig, pad_id: int,
+                 timeout_s: float) -> None:
         self.ranks, self.layout, self.cfg, self.pad_id, self.timeout_s = list(ranks), layout, cfg, pad_id, timeout_s
 
     def _all(self, what: str, refs: list[Any]) -> list[Any]:
@@ -370,50 +264,12 @@ class LearnerGroup:
                                   f"model and optimizer)") from None
 
     def train_step(self, batch: TrainBatch, step: int) -> dict[str, float]:
-        from rlpt.batching import plan_mini_batches
-
-        mode, norm_len = ALGORITHMS[self.cfg.algorithm.name].aggregation(self.cfg)
-        mbs = plan_mini_batches(batch, self.layout, mode, norm_len, self.pad_id, seed=self.cfg.run.seed * 100_003 + step)
-        sums: list[RankSums] = self._all("train_step", [
-            r.train_step.remote([mbs[m][k] for m in range(len(mbs))]) for k, r in enumerate(self.ranks)])
-        tokens = sum(s.tokens for s in sums)
-        gap_tokens = sum(s.gap_tokens for s in sums)
-        steps = self.cfg.learner.ppo_epochs * len(mbs)
-        return {
-            "actor/loss": sum(s.loss for s in sums) / steps,
-            "actor/clip_frac": sum(s.clipped for s in sums) / max(tokens, 1.0),
-            "actor/kl": sum(s.kl for s in sums) / max(tokens, 1.0),
-            "actor/ratio_mean": sum(s.ratio for s in sums) / max(tokens, 1.0),
-            "actor/ratio_max": max(s.ratio_max for s in sums),
-            "actor/grad_norm": sums[0].grad_norms[-1] if sums[0].grad_norms else 0.0,
-            "actor/lr": sums[0].lr,
-            "actor/tokens": tokens / self.cfg.learner.ppo_epochs,
-            "logprob_gap/mean": sum(s.gap for s in sums) / max(gap_tokens, 1.0),
-            "logprob_gap/max": max(s.gap_max for s in sums),
-        }
-
-    def train_pairs(self, batch: TrainBatch, step: int, epochs: int) -> dict[str, float]:
-        """DPO: `epochs` passes over the pairs, each cut into mini-batches (one optimizer step each)."""
-        from rlpt.batching import plan_pair_batches
-
-        all_sums: list[RankSums] = []
-        for epoch in range(epochs):
-            shares, counts = plan_pair_batches(batch, self.layout, self.pad_id,
-                                               seed=(self.cfg.run.seed * 100_003 + step) * 101 + epoch)
-            sums = self._all("train_pairs", [r.train_pairs.remote([mb[k] for mb in shares], counts)
-                                             for k, r in enumerate(self.ranks)])
-            all_sums += sums if epoch == 0 else [replace(s, gap=0.0, gap_tokens=0.0, gap_max=0.0) for s in sums]
-        pairs = max(sum(s.tokens for s in all_sums), 1.0)
-        gap_tokens = sum(s.gap_tokens for s in all_sums)
-        return {
-            "dpo/loss": sum(s.ratio for s in all_sums) / pairs,
-            "dpo/margin": sum(s.kl for s in all_sums) / pairs,
-            "dpo/accuracy": sum(s.clipped for s in all_sums) / pairs,
-            "actor/grad_norm": all_sums[-1].grad_norms[-1] if all_sums[-1].grad_norms else 0.0,
-            "actor/lr": all_sums[-1].lr,
-            "logprob_gap/mean": sum(s.gap for s in all_sums) / max(gap_tokens, 1.0),
-            "logprob_gap/max": max(s.gap_max for s in all_sums),
-        }
+        """One training step: the algorithm plans its optimizer steps, every rank trains its share, the group
+        reduces the ranks' reports into metrics."""
+        plan = algorithm_of(self.cfg).plan(batch, self.layout, self.cfg, self.pad_id, step)
+        reports: list[RankReport] = self._all("train_step", [r.train.remote(plan.for_rank(k))
+                                                             for k, r in enumerate(self.ranks)])
+        return step_metrics(reports, plan)
 
     def reset_to_base(self) -> None:
         self._all("reset_to_base", [r.reset_to_base.remote() for r in self.ranks])

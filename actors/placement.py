@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rlpt.algorithms import algorithm_of
 from rlpt.config import RlptConfig
+from rlpt.errors import RunFault
+
+
+class PlacementTimeout(RunFault, TimeoutError):
+    """The cluster cannot place the learner ranks (not enough of the resources they ask for)."""
+
 
 # Environment every rlpt actor needs, wherever it is scheduled (also on an existing cluster).
 ACTOR_ENV = {
@@ -26,7 +33,7 @@ ACTOR_ENV = {
 def needed_cpus(cfg: RlptConfig) -> int:
     """Logical CPUs for a local cluster: one per actor plus one spare (over-subscription of real cores is fine;
     an actor that cannot be scheduled would leave its gloo peers waiting)."""
-    ref = 1 if cfg.algorithm.grpo.beta > 0 else 0
+    ref = 1 if algorithm_of(cfg).needs_reference(cfg) else 0
     return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + ref + 1
 
 
@@ -89,7 +96,7 @@ def learner_placement_group(cfg: RlptConfig, timeout_s: float) -> Any:
     pg = placement_group([dict(bundle) for _ in range(cfg.learner.num_ranks)], strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
-        raise TimeoutError(f"learner placement group ({cfg.learner.num_ranks} x {bundle}) not schedulable within "
+        raise PlacementTimeout(f"learner placement group ({cfg.learner.num_ranks} x {bundle}) not schedulable within "
                            f"{timeout_s}s: does the cluster have these resources?")
     return pg
 

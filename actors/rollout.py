@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
+from rlpt.errors import RunFault
 from rlpt.types import Prompt, Rollout, SamplingSpec
 from rlpt.weights import SyncPlan
 
@@ -131,11 +132,11 @@ class RolloutWorker:
         return self.policy_version
 
 
-class RolloutTimeout(TimeoutError):
+class RolloutTimeout(RunFault, TimeoutError):
     pass
 
 
-class RolloutWorkerLost(RuntimeError):
+class RolloutWorkerLost(RunFault):
     """Rollout engines died beyond what the pool may replace (`rollout.max_restarts`), or none is left."""
 
 
@@ -149,19 +150,12 @@ class RolloutPool:
     and version before it serves.
     """
 
-    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float, max_restarts: int = 3,
-                 chunks_per_worker: int = 2):
+    def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_s: float, chunks_per_worker: int = 2):
         self.workers, self.names = list(workers), list(names)
         self.timeout_s, self.chunks_per_worker = timeout_s, chunks_per_worker
-        self.max_restarts = max_restarts
         self.dead: set[int] = set()
-        self.restarts = 0
         self.busy_s = 0.0  # wall time inside generate() since the fleet last looked (its autoscaling signal) ...
         self.window_start: float | None = None  # ... and when the first generate() after that look started
-        self.fleet_stats: dict[str, float] = {}  # filled by actors.fleet.Fleet
-
-    def fleet_metrics(self) -> dict[str, float]:
-        return dict(self.fleet_stats)
 
     def take_busy_seconds(self) -> tuple[float, float]:
         """(seconds inside generate, seconds since the first generate) since the last call; then reset. The span

@@ -7,6 +7,7 @@ import math
 import sys
 from typing import Any, Callable, Sequence
 
+from rlpt.errors import RunFault
 from rlpt.isolation import IsolatedScorer
 from rlpt.types import Rollout, ScoredRollout
 
@@ -25,11 +26,11 @@ class VerifierWorker:
         return self.scorer.score(rollouts)
 
 
-class VerifierTimeout(TimeoutError):
+class VerifierTimeout(RunFault, TimeoutError):
     pass
 
 
-class VerifierWorkerLost(RuntimeError):
+class VerifierWorkerLost(RunFault):
     """A verifier actor died and verifier.max_restarts replacements are used up (or replacement is off)."""
 
 

@@ -18,9 +18,6 @@ class RlptWorkerExtension:
         self._rlpt_group = WeightGroup(spec, rank)  # noqa: SLF001 - our own attribute on the worker
         return rank
 
-    def rlpt_leave_sync(self) -> None:
-        self._rlpt_group = None
-
     def rlpt_receive(self, plan: SyncPlan, version: int) -> int:
         group = getattr(self, "_rlpt_group", None)
         if group is None:

@@ -14,20 +14,19 @@ everything else (rendezvous, bucketing, timeouts, error naming) is shared.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from actors.calls import ActorCallTimeout, ActorLost, first_line, gather
+from rlpt.errors import RunFault
 from rlpt.weights import SyncPlan, pack, unpack
 
 
-class SyncGroupError(RuntimeError):
+class SyncGroupError(RunFault):
     """A weight-sync collective failed or timed out; the message names the peer(s) and the phase."""
 
 
@@ -160,74 +159,3 @@ def receive_into(group: WeightGroup, plan: SyncPlan, version: int,
                              f"{plan.num_tensors} tensors (the engine's loader stopped early)")
     group.confirm(version)
     return count
-
-
-class SyncMismatchError(RuntimeError):
-    """After a sync, an engine's probe logprobs differ from the learner's beyond the tolerance."""
-
-
-class EngineSync:
-    """Driver side of a sync (rlpt.loops.common.SyncService): start the learner's send and every member's receive
-    together, wait with a deadline that names whoever is late, then probe members against the learner.
-
-    Membership is read at each sync (`members()`); `before_sync()` runs first and is where dead engines are
-    replaced and the group re-formed, so membership only ever changes between collectives.
-
-    An engine that dies *inside* the broadcast fails it for everyone. Then `recover(send_refs, receive_refs)` lets
-    the learner finish failing, drops the dead engines, starts replacements and re-forms the group (returning the
-    names of the engines lost; none lost = the failure was not an engine's, and the error stands), and the sync runs
-    again from the first bucket: every member ends with the whole new version, never a mix."""
-
-    MAX_ATTEMPTS = 3  # per sync; each retry also costs a replacement engine (bounded by rollout.max_restarts)
-
-    def __init__(self, learner: Any, members: Callable[[], tuple[list[Any], list[str]]], plan: SyncPlan,
-                 probe_ids: Sequence[int], tolerance: float, timeout_s: float,
-                 before_sync: Callable[[], None] | None = None,
-                 recover: Callable[[list[Any], list[Any]], list[str]] | None = None) -> None:
-        self.learner, self.members, self.before_sync, self.recover = learner, members, before_sync, recover
-        self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
-
-    def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
-        """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
-        otherwise only end at the backend timeout); so does one that is late past `timeout_s`."""
-        try:
-            return gather(what, refs, labels, self.timeout_s)
-        except (ActorCallTimeout, ActorLost) as e:
-            raise SyncGroupError(str(e)) from None
-
-    def probe_diff(self) -> float:
-        workers, names = self.members()
-        want = self.learner.probe(self.probe_ids)
-        got = self._wait("sync probe", [w.probe.remote(self.probe_ids) for w in workers], names)
-        worst = 0.0
-        for name, lps in zip(names, got):
-            diff = max(abs(a - b) for a, b in zip(lps, want))
-            if diff > self.tolerance:
-                raise SyncMismatchError(f"after sync, {name} differs from the learner by {diff:.3g} in probe "
-                                        f"logprobs (tolerance sync.probe_tolerance={self.tolerance})")
-            worst = max(worst, diff)
-        return worst
-
-    def sync(self, version: int) -> Any:
-        from rlpt.loops.common import SyncReport
-
-        if self.before_sync is not None:
-            self.before_sync()
-        start, retries = time.perf_counter(), 0
-        for attempt in range(1, self.MAX_ATTEMPTS + 1):
-            workers, names = self.members()
-            send = self.learner.send_refs(version)
-            recv = [w.receive_weights.remote(self.plan, version) for w in workers]
-            labels = [f"learner rank {i}" for i in range(len(send))] + names
-            try:
-                self._wait(f"weight sync v{version}", send + recv, labels)
-                break
-            except SyncGroupError as e:
-                lost = self.recover(send, recv) if self.recover is not None and attempt < self.MAX_ATTEMPTS else []
-                if not lost:
-                    raise
-                retries += 1
-                print(f"[rlpt] {', '.join(lost)} died during weight sync v{version} ({first_line(e)}); group "
-                      f"re-formed without it, syncing v{version} again (attempt {attempt + 1})", file=sys.stderr)
-        seconds = time.perf_counter() - start
-        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version, retries=retries)

@@ -60,7 +60,8 @@ def token_rows(scored: Sequence[ScoredRollout], advantages_B: torch.Tensor, pad_
 
 
 def aggregation_weights(mask_B_T: torch.Tensor, mode: str, norm_len: int | None) -> torch.Tensor:
-    """w with sum(loss * w) == grpo.aggregate(loss, mask, mode, norm_len) for any per-token loss."""
+    """Loss weights w: the mini-batch loss is sum(loss * w) for any per-token loss (the one implementation of the
+    aggregation rules; `rlpt.algorithms.grpo.aggregate` uses it for a whole batch)."""
     m = mask_B_T.float()
     if mode == "token-mean":
         return m / m.sum().clamp(min=1.0)
@@ -69,8 +70,9 @@ def aggregation_weights(mask_B_T: torch.Tensor, mode: str, norm_len: int | None)
         nonempty = (rows > 0).sum().clamp(min=1)
         return m / rows.clamp(min=1.0) / nonempty
     if mode == "seq-mean-token-sum-norm":
-        if not norm_len:
-            raise ValueError("seq-mean-token-sum-norm needs norm_len")
+        if norm_len is None or norm_len <= 0:
+            raise ValueError(f"loss aggregation 'seq-mean-token-sum-norm' needs a positive constant norm_len (e.g. "
+                             f"the max response length); got norm_len={norm_len!r}")
         return m / (m.shape[0] * norm_len)
     raise ValueError(f"unknown loss aggregation {mode!r}")
 

@@ -80,7 +80,6 @@ class TrainBatch:
     advantages_B_T: torch.Tensor
     rollout_logprobs_B_T: torch.Tensor
     ref_logprobs_B_T: torch.Tensor | None = None
-    group_ids_B: torch.Tensor | None = None
     loss_weights_B_T: torch.Tensor | None = None
     positive_B: torch.Tensor | None = None  # 1.0 where the verifier said correct (NFT / RFT)
     group_mean_B: torch.Tensor | None = None  # the row's group correct rate r_hat (NFT)
@@ -109,6 +108,20 @@ class SamplingSpec:
     top_p: float = 1.0
     top_k: int = -1
     stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one weight sync did: its wall seconds, the probe's worst |engine - learner| logprob difference, the
+    version every member now holds, and how often it ran again after an engine died inside it."""
+
+    seconds: float
+    probe_max_abs_diff: float
+    version: int
+    retries: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"sync/probe_max_abs_diff": self.probe_max_abs_diff, "sync/retries": float(self.retries)}
 
 
 def request_seed(run_seed: int, step: int, position: int, n: int) -> int:

@@ -7,10 +7,18 @@ Position 0 has no predictor and is 0.0; the loss mask never covers it (it is a p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from rlpt.algorithms.base import Share, StepPlan
+from rlpt.batching import LearnerLayout, learner_layout, plan_mini_batches
+from rlpt.types import TrainBatch
+
+if TYPE_CHECKING:
+    from rlpt.config import RlptConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,75 @@ class TokenLoss:
     clipped_B_T: Tensor
     log_ratio_B_T: Tensor
     adv_B_T: Tensor
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Sums over the response tokens of token-level losses (GRPO family, NFT, RFT); ranks and micro-batches add
+    up (maxima are maxed) and the metrics divide once."""
+
+    tokens: float = 0.0
+    loss: float = 0.0
+    clipped: float = 0.0
+    kl: float = 0.0
+    ratio: float = 0.0
+    ratio_max: float = 0.0
+
+    def merged(self, other: "TokenStats") -> "TokenStats":
+        return replace(self, **{f.name: (max if f.name == "ratio_max" else float.__add__)(
+            getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+    def as_metrics(self, passes: int, optimizer_steps: int) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        return {"actor/loss": self.loss / optimizer_steps, "actor/clip_frac": self.clipped / n,
+                "actor/kl": self.kl / n, "actor/ratio_mean": self.ratio / n, "actor/ratio_max": self.ratio_max,
+                "actor/tokens": self.tokens / passes}
+
+
+def weighted_token_loss(t: TokenLoss, rows: TrainBatch) -> tuple[Tensor, TokenStats]:
+    """A micro-batch's share of the mini-batch loss: sum(token_loss * loss_weight) (the weights normalise over the
+    whole mini-batch, rlpt.batching.aggregation_weights), with its token statistics."""
+    assert rows.loss_weights_B_T is not None, "token rows need loss weights (rlpt.batching.plan_mini_batches)"
+    loss = (t.loss_B_T * rows.loss_weights_B_T).sum()
+    with torch.no_grad():
+        mask = rows.loss_mask_B_T.bool()
+        n = float(mask.sum())
+        ratio = torch.exp(t.log_ratio_B_T[mask])
+        stats = TokenStats(tokens=n, loss=float(loss), clipped=float(t.clipped_B_T.sum()),
+                           kl=0.0 if t.kl_B_T is None else float(t.kl_B_T[mask].sum()), ratio=float(ratio.sum()),
+                           ratio_max=float(ratio.max()) if n else 0.0)
+    return loss, stats
+
+
+def online_layout(cfg: "RlptConfig") -> LearnerLayout:
+    """The layout of the online loop: one step's P x G rows."""
+    return learner_layout(cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt, cfg.learner)
+
+
+def ppo_epochs(cfg: "RlptConfig") -> int:
+    return cfg.learner.ppo_epochs
+
+
+def once(cfg: "RlptConfig") -> int:
+    """One learner update per loop step."""
+    return 1
+
+
+def no_metrics(batch: TrainBatch) -> dict[str, float]:
+    return {}
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """The seed of a training step's row shuffle (mini-batch assignment)."""
+    return run_seed * 100_003 + step
+
+
+def token_step_plan(batch: TrainBatch, layout: LearnerLayout, mode: str, norm_len: int | None, pad_id: int,
+                    seed: int, passes: int) -> StepPlan:
+    """Token rows: one shuffle into mini-batches with aggregation weights (rlpt.batching.plan_mini_batches),
+    trained `passes` times (PPO epochs) in the same order."""
+    mbs = plan_mini_batches(batch, layout, mode, norm_len, pad_id, seed)
+    return StepPlan([[Share(rows) for rows in mb] for mb in mbs], list(range(len(mbs))) * passes, passes)
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

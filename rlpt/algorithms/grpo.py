@@ -48,11 +48,12 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from rlpt.batching import rewards_by_group, token_rows
+from rlpt.algorithms.base import Algorithm, LoopKind, OnlineHooks, ReferenceUse, Share, StepPlan
+from rlpt.algorithms.common import (TokenLoss, TokenStats, masked_mean, no_metrics, once, online_layout,
+                                    ppo_epochs, step_seed, token_step_plan, weighted_token_loss)
+from rlpt.batching import LearnerLayout, aggregation_weights, rewards_by_group, token_rows
 from rlpt.config import RlptConfig
 from rlpt.types import ScoredRollout, TrainBatch
-
-from rlpt.algorithms.common import TokenLoss, masked_mean, masked_sum
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 LOSS_AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -144,23 +145,15 @@ def aggregate(loss_B_T: Tensor, mask_B_T: Tensor, mode: LossAgg, norm_len: int |
     token-mean: sum(l * m) / sum(m). seq-mean-token-mean: mean over rows with >= 1 token of the row's token mean.
     seq-mean-token-sum-norm (Dr. GRPO): sum(l * m) / (B * norm_len), norm_len a constant such as the maximum
     response length, so a row's weight does not depend on its own length. An all-masked batch gives 0.
+    One implementation of the rules: the loss weights the distributed learner uses (rlpt.batching).
     """
     if loss_B_T.shape != mask_B_T.shape:
         raise ValueError(f"aggregate: loss {tuple(loss_B_T.shape)} and mask {tuple(mask_B_T.shape)} differ")
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"aggregate: unknown mode {mode!r}; expected one of {LOSS_AGG_MODES}")
     mask = mask_B_T.bool()
-    if mode == "token-mean":
-        return masked_mean(loss_B_T, mask)
-    if mode == "seq-mean-token-mean":
-        row_mean_B = masked_mean(loss_B_T, mask, dim=1)
-        return masked_mean(row_mean_B, mask.any(dim=1))
-    if mode == "seq-mean-token-sum-norm":
-        if norm_len is None or norm_len <= 0:
-            raise ValueError(
-                f"aggregate: mode 'seq-mean-token-sum-norm' needs a positive constant norm_len (e.g. the max "
-                f"response length); got norm_len={norm_len!r}"
-            )
-        return masked_sum(loss_B_T, mask) / (loss_B_T.shape[0] * norm_len)
-    raise ValueError(f"aggregate: unknown mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+    clean = torch.where(mask, loss_B_T, torch.zeros((), dtype=loss_B_T.dtype, device=loss_B_T.device))
+    return (clean * aggregation_weights(mask, mode, norm_len).to(loss_B_T.dtype)).sum()
 
 
 @dataclass(frozen=True)
@@ -278,16 +271,22 @@ def _stats(
     )
 
 
-# ------------------------------------------------------------------------------ adapters used by loop and learner
+# ------------------------------------------------------------------------------ the record (rlpt.algorithms.base)
 def advantages(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
     """Per-rollout advantages [P*G] (overlong shaping added to rewards first, when enabled)."""
+    g = cfg.algorithm.grpo
+    return group_advantages(shaped_rewards(scored, cfg), g.scale_rewards).flatten()
+
+
+def shaped_rewards(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
+    """[P, G] rewards, plus DAPO's overlong shaping when `algorithm.grpo.overlong.enabled`."""
     g = cfg.algorithm.grpo
     rewards_P_G = rewards_by_group(scored, cfg.rollout.samples_per_prompt)
     if g.overlong.enabled:
         lengths = torch.tensor([len(s.rollout.response_ids_T) for s in scored])
         shaping = overlong_penalty(lengths, cfg.rollout.max_new_tokens, g.overlong.buffer_len, g.overlong.penalty)
         rewards_P_G = rewards_P_G + shaping.view_as(rewards_P_G)
-    return group_advantages(rewards_P_G, g.scale_rewards).flatten()
+    return rewards_P_G
 
 
 def keep_groups(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
@@ -301,9 +300,39 @@ def build_batch(scored: Sequence[ScoredRollout], cfg: RlptConfig, pad_id: int) -
     return token_rows(scored, advantages(scored, cfg), pad_id) if scored else None
 
 
-def batch_token_loss(logp_B_T: Tensor, old_logp_B_T: Tensor, rows: TrainBatch, cfg: RlptConfig) -> TokenLoss:
+def loss_config(cfg: RlptConfig) -> GRPOLossConfig:
     g = cfg.algorithm.grpo
-    loss_cfg = GRPOLossConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, loss_agg=g.loss_agg,
-                              norm_len=cfg.rollout.max_new_tokens)
+    return GRPOLossConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, loss_agg=g.loss_agg,
+                          norm_len=cfg.rollout.max_new_tokens)
+
+
+def batch_token_loss(logp_B_T: Tensor, old_logp_B_T: Tensor, rows: TrainBatch, cfg: RlptConfig) -> TokenLoss:
     return grpo_token_loss(logp_B_T, old_logp_B_T, rows.advantages_B_T, rows.loss_mask_B_T, rows.ref_logprobs_B_T,
-                           loss_cfg)
+                           loss_config(cfg))
+
+
+def online_hooks(cfg: RlptConfig) -> OnlineHooks:
+    g = cfg.algorithm.grpo
+    return OnlineHooks(keep_groups=lambda scored: keep_groups(scored, cfg),
+                       resample_tries=g.max_resample_tries if g.dynamic_sampling else 0,
+                       build_batch=lambda scored, pad_id: build_batch(scored, cfg, pad_id))
+
+
+def plan(batch: TrainBatch, layout: LearnerLayout, cfg: RlptConfig, pad_id: int, step: int) -> StepPlan:
+    return token_step_plan(batch, layout, cfg.algorithm.grpo.loss_agg, cfg.rollout.max_new_tokens, pad_id,
+                           step_seed(cfg.run.seed, step), cfg.learner.ppo_epochs)
+
+
+def loss(logp_B_T: Tensor, old_logp_B_T: Tensor, share: Share, cfg: RlptConfig) -> tuple[Tensor, TokenStats]:
+    return weighted_token_loss(batch_token_loss(logp_B_T, old_logp_B_T, share.rows, cfg), share.rows)
+
+
+def reference(cfg: RlptConfig) -> ReferenceUse:
+    return ReferenceUse.FROZEN if cfg.algorithm.grpo.beta > 0 else ReferenceUse.NONE
+
+
+ALGORITHM = Algorithm(
+    name="grpo", loop=lambda cfg: LoopKind.ONLINE, steps=lambda cfg: cfg.run.steps, reference=reference,
+    layout=online_layout, plan=plan, passes=ppo_epochs, updates_per_step=once, loss=loss, uses_old_logprobs=True,
+    batch_metrics=no_metrics, online=online_hooks,
+)

@@ -29,8 +29,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rlpt.algorithms.common import TokenLoss
-from rlpt.batching import correct_by_group, token_rows
+from rlpt.algorithms.base import Algorithm, LoopKind, OnlineHooks, ReferenceUse, Share, StepPlan
+from rlpt.algorithms.common import (TokenLoss, TokenStats, online_layout, once, ppo_epochs, step_seed,
+                                    token_step_plan, weighted_token_loss)
+from rlpt.batching import LearnerLayout, correct_by_group, token_rows
 from rlpt.config import RlptConfig
 from rlpt.types import ScoredRollout, TrainBatch
 
@@ -95,7 +97,7 @@ def has_signal(r_hat_P: Tensor) -> Tensor:
     return (r_hat_P > 0) & (r_hat_P < 1)
 
 
-# ------------------------------------------------------------------------------ adapters used by loop and learner
+# ------------------------------------------------------------------------------ the record (rlpt.algorithms.base)
 def keep_groups(scored: Sequence[ScoredRollout], cfg: RlptConfig) -> Tensor:
     return has_signal(correct_by_group(scored, cfg.rollout.samples_per_prompt).mean(dim=1))
 
@@ -113,3 +115,31 @@ def batch_token_loss(logp_B_T: Tensor, old_logp_B_T: Tensor, rows: TrainBatch, c
     assert rows.positive_B is not None and rows.group_mean_B is not None, "NFT rows need correctness and r_hat"
     return nft_token_loss(logp_B_T, old_logp_B_T, rows.positive_B, rows.group_mean_B, rows.loss_mask_B_T,
                           NFTLossConfig(normalize=c.normalize, neg_weight=c.neg_weight, neg_clamp=c.neg_clamp))
+
+
+def online_hooks(cfg: RlptConfig) -> OnlineHooks:
+    return OnlineHooks(keep_groups=lambda scored: keep_groups(scored, cfg),
+                       resample_tries=cfg.algorithm.nft.max_resample_tries,
+                       build_batch=lambda scored, pad_id: build_batch(scored, cfg, pad_id))
+
+
+def plan(batch: TrainBatch, layout: LearnerLayout, cfg: RlptConfig, pad_id: int, step: int) -> StepPlan:
+    # The constant normaliser B * max_new_tokens of the module docstring is Dr. GRPO's aggregation.
+    return token_step_plan(batch, layout, "seq-mean-token-sum-norm", cfg.rollout.max_new_tokens, pad_id,
+                           step_seed(cfg.run.seed, step), cfg.learner.ppo_epochs)
+
+
+def loss(logp_B_T: Tensor, old_logp_B_T: Tensor, share: Share, cfg: RlptConfig) -> tuple[Tensor, TokenStats]:
+    return weighted_token_loss(batch_token_loss(logp_B_T, old_logp_B_T, share.rows, cfg), share.rows)
+
+
+def batch_metrics(batch: TrainBatch) -> dict[str, float]:
+    assert batch.positive_B is not None
+    return {"nft/neg_frac": float((batch.positive_B == 0).float().mean()), "nft/rows": float(batch.num_rows)}
+
+
+ALGORITHM = Algorithm(
+    name="nft", loop=lambda cfg: LoopKind.ONLINE, steps=lambda cfg: cfg.run.steps,
+    reference=lambda cfg: ReferenceUse.NONE, layout=online_layout, plan=plan, passes=ppo_epochs,
+    updates_per_step=once, loss=loss, uses_old_logprobs=True, batch_metrics=batch_metrics, online=online_hooks,
+)

@@ -1,5 +1,6 @@
 """What every loop talks to (small Protocols, so loops run with fakes in tests and with Ray actors for real) and
-the bookkeeping every loop shares: run directory, per-step rollout metrics, checkpoints with retention."""
+the bookkeeping every loop shares: run directory, per-step rollout metrics, checkpoints with retention, the end
+of a step."""
 
 from __future__ import annotations
 
@@ -10,27 +11,23 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import torch
 
+from rlpt.algorithms import algorithm_of
 from rlpt.config import RlptConfig
+from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout, SyncReport, TrainBatch
+
 if TYPE_CHECKING:
     from rlpt.metrics import MetricsWriter, PhaseTimer
-from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout, TrainBatch
 
 
 class RolloutService(Protocol):
-    restarts: int  # dead engines replaced so far (a metric)
-
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]: ...
-
-    def fleet_metrics(self) -> dict[str, float]: ...  # fleet/size, fleet/target ... (empty for a fixed pool)
 
 
 class VerifierService(Protocol):
-    restarts: int  # dead verifier actors replaced so far (a metric)
-
     def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]: ...
 
 
@@ -46,27 +43,32 @@ class LearnerService(Protocol):
     def save_state(self, out_dir: Path) -> None: ...
 
 
-@dataclass(frozen=True)
-class SyncReport:
-    seconds: float
-    probe_max_abs_diff: float
-    version: int
-    retries: int = 0  # times this sync ran again after an engine died inside it
+class ResettableLearner(LearnerService, Protocol):
+    """What the quota-rounds loop needs: a learner it can send back to the base model (restart: base)."""
 
-    def as_metrics(self) -> dict[str, float]:
-        return {"sync/probe_max_abs_diff": self.probe_max_abs_diff, "sync/retries": float(self.retries)}
+    def reset_to_base(self) -> None: ...
 
 
 class SyncService(Protocol):
     def sync(self, version: int) -> SyncReport: ...
 
 
+class HealthService(Protocol):
+    """The one source of the fault and fleet metrics (faults/*, fleet/*), read at the end of every step."""
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+L = TypeVar("L", bound=LearnerService)
+
+
 @dataclass
-class Workers:
+class Workers(Generic[L]):
     rollout: RolloutService
     verifier: VerifierService
-    learner: LearnerService
+    learner: L
     sync: SyncService
+    health: HealthService
     reference: ReferenceService | None = None
 
 
@@ -74,12 +76,8 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 
 def total_steps(cfg: "RlptConfig") -> int:
-    """Rows of metrics.jsonl a run writes: steps for the online loops, rounds for DPO and RFT rounds."""
-    if cfg.algorithm.name == "dpo":
-        return cfg.algorithm.dpo.rounds
-    if cfg.algorithm.name == "rft" and cfg.algorithm.rft.mode == "rounds":
-        return cfg.algorithm.rft.rounds
-    return cfg.run.steps
+    """Rows of metrics.jsonl a run writes: steps for the online loops, rounds for the round loops."""
+    return algorithm_of(cfg).steps(cfg)
 
 
 def error_kind(error: str) -> str:
@@ -189,32 +187,55 @@ def latest_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     return done[-1]
 
 
-def end_step(cfg: RlptConfig, w: Workers, run_dir: Path, step: int, total: int, version: int,
-             trained: bool, metrics: dict[str, float], scored: Sequence[ScoredRollout], timer: "PhaseTimer",
-             t0: float, writer: "MetricsWriter", on_step: StepCallback | None, cursor: dict[str, Any],
-             rng: random.Random | None = None) -> None:
+@dataclass(frozen=True)
+class LoopRun:
+    """What every step of one run of a loop shares."""
+
+    cfg: RlptConfig
+    workers: Workers[Any]
+    run_dir: Path
+    total: int  # steps (rounds) of the whole run
+    writer: "MetricsWriter"
+    timer: "PhaseTimer"
+    on_step: StepCallback | None = None
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """One finished step (or round): what it produced and where the loop stands after it."""
+
+    step: int
+    version: int  # the policy version after this step's sync
+    trained: bool  # False when nothing was trained (and so nothing synced)
+    metrics: dict[str, float]
+    scored: Sequence[ScoredRollout]  # every rollout of the step, for the rollouts file
+    t0: float  # perf_counter() at the step's start
+    cursor: dict[str, Any]
+    rng: random.Random | None = None  # the loop's own RNG, when it has one (saved in checkpoints)
+
+
+def end_step(run: LoopRun, end: StepEnd) -> None:
     """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row."""
     from rlpt.rollout_log import write_rollouts
 
+    cfg, metrics, timer = run.cfg, end.metrics, run.timer
     if cfg.run.log_rollouts:
-        write_rollouts(run_dir, step, scored)
+        write_rollouts(run.run_dir, end.step, end.scored)
     every = cfg.run.checkpoint_every
-    if (every and (step + 1) % every == 0) or step + 1 == total:
+    if (every and (end.step + 1) % every == 0) or end.step + 1 == run.total:
         with timer.phase("checkpoint"):
-            state = LoopState(step + 1, version, cursor, None if rng is None else rng_state(rng))
-            save_checkpoint(w.learner, run_dir, step + 1, cfg.run.keep_checkpoints, state)
+            state = LoopState(end.step + 1, end.version, end.cursor, None if end.rng is None else rng_state(end.rng))
+            save_checkpoint(run.workers.learner, run.run_dir, end.step + 1, cfg.run.keep_checkpoints, state)
     for key in ("sync/probe_max_abs_diff", "sync/retries", "logprob_gap/mean"):
         metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
-    metrics["sync/skipped"] = 0.0 if trained else 1.0
+    metrics["sync/skipped"] = 0.0 if end.trained else 1.0
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
     metrics.update(timer.as_metrics())
-    metrics["timing/step"] = time.perf_counter() - t0
+    metrics["timing/step"] = time.perf_counter() - end.t0
     rollout_s = metrics["timing/rollout"]
     metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s if rollout_s else 0.0
-    metrics["policy_version"] = float(version)
-    metrics["faults/rollout_restarts"] = float(w.rollout.restarts)
-    metrics.update(w.rollout.fleet_metrics())
-    metrics["faults/verifier_restarts"] = float(w.verifier.restarts)
-    writer.write(step, metrics)
-    if on_step is not None:
-        on_step(step, metrics)
+    metrics["policy_version"] = float(end.version)
+    metrics.update(run.workers.health.metrics())
+    run.writer.write(end.step, metrics)
+    if run.on_step is not None:
+        run.on_step(end.step, metrics)

@@ -1,6 +1,7 @@
-"""Iterative DPO as a Ray-resident loop: per round, sample K completions per prompt from the current policy, verify,
-build (correct, incorrect) pairs, score them under the reference, train several epochs, then sync the engines
-(and, with `reference: previous`, the reference actor) through the weight-sync path. No process restarts and no
+"""The pair-rounds loop (`LoopKind.PAIR_ROUNDS`; iterative DPO) as a Ray-resident loop: per round, sample K
+completions per prompt from the current policy, verify, build (correct, incorrect) pairs (the algorithm's `pairs`
+hooks), score them under the reference, train (epochs: the algorithm's plan), then sync the engines (and a
+reference that follows the policy) through the weight-sync path. No process restarts and no
 model reloads from disk between rounds. One metrics row, one rollouts file and one pairs file per round.
 """
 
@@ -10,23 +11,17 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlpt.algorithms.dpo import pair_up
-from rlpt.batching import pair_rows
+from rlpt.algorithms import algorithm_of
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
-from rlpt.loops.common import (LearnerService, LoopState, StepCallback, Workers, end_step, rollout_metrics,
-                               set_rng_state)
+from rlpt.loops.common import LoopRun, LoopState, StepCallback, StepEnd, Workers, end_step, rollout_metrics, set_rng_state
 from rlpt.metrics import MetricsWriter, PhaseTimer
-from rlpt.types import PreferencePair, Prompt, SamplingSpec, TrainBatch, request_seed
-
-
-class PairLearner(LearnerService, Protocol):
-    def train_pairs(self, batch: TrainBatch, step: int, epochs: int) -> dict[str, float]: ...
+from rlpt.types import PreferencePair, Prompt, SamplingSpec, request_seed
 
 
 def write_pairs(run_dir: Path, rnd: int, pairs: Sequence[PreferencePair]) -> Path:
@@ -43,12 +38,15 @@ def write_pairs(run_dir: Path, rnd: int, pairs: Sequence[PreferencePair]) -> Pat
     return out
 
 
-def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
+def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
         on_step: StepCallback | None = None, resume: LoopState | None = None) -> None:
-    d, r = cfg.algorithm.dpo, cfg.rollout
-    assert w.reference is not None, "DPO needs the reference actor"
-    learner: PairLearner = w.learner  # type: ignore[assignment]
-    spec = SamplingSpec(n=d.samples_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature,
+    algo = algorithm_of(cfg)
+    if algo.pairs is None:
+        raise ValueError(f"algorithm {algo.name!r} has no pair-rounds hooks (Algorithm.pairs)")
+    if w.reference is None:
+        raise ValueError(f"algorithm {algo.name!r} trains against a reference, but the graph has none")
+    hooks, r = algo.pairs(cfg), cfg.rollout
+    spec = SamplingSpec(n=hooks.spec.samples_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature,
                         top_p=r.top_p, top_k=r.top_k, stop=r.stop)
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
     rng = random.Random(cfg.run.seed)
@@ -58,30 +56,31 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
         cursor.load_state_dict(resume.cursor)
         start, version = resume.next_step, resume.policy_version
     timer = PhaseTimer()
+    rounds, G = hooks.spec.rounds, hooks.spec.samples_per_prompt
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
-        for rnd in range(start, d.rounds):
+        loop = LoopRun(cfg, w, run_dir, rounds, writer, timer, on_step)
+        for rnd in range(start, rounds):
             timer.reset()
             t0 = time.perf_counter()
-            batch_prompts = [prompts[i] for i in cursor.take(d.prompts_per_round)]
-            seeds = [request_seed(cfg.run.seed, rnd, j, d.samples_per_prompt) for j in range(len(batch_prompts))]
+            batch_prompts = [prompts[i] for i in cursor.take(hooks.spec.prompts_per_round)]
+            seeds = [request_seed(cfg.run.seed, rnd, j, G) for j in range(len(batch_prompts))]
             with timer.phase("rollout"):
                 rollouts = w.rollout.generate(batch_prompts, seeds, spec)
             with timer.phase("verify"):
                 scored = w.verifier.score(rollouts)
-            pairs, skipped = pair_up(scored, d.samples_per_prompt, d.pairing, rng)
+            pairs, skipped = hooks.make_pairs(scored, rng)
             metrics = rollout_metrics(scored, version)
             metrics.update({"dpo/pairs": float(len(pairs)), "dpo/skipped_prompts": float(skipped)})
             write_pairs(run_dir, rnd, pairs)
             if pairs:
-                batch = pair_rows(pairs, pad_id)
+                batch = hooks.build_batch(pairs, pad_id)
                 with timer.phase("reference"):
                     batch = replace(batch, ref_logprobs_B_T=w.reference.logprobs(batch.input_ids_B_T,
                                                                                  batch.attention_mask_B_T))
                 with timer.phase("train"):
-                    metrics.update(learner.train_pairs(batch, rnd, d.epochs))
+                    metrics.update(w.learner.train_step(batch, rnd))
                 with timer.phase("sync"):
                     report = w.sync.sync(version + 1)
                 version = report.version
                 metrics.update(report.as_metrics())
-            end_step(cfg, w, run_dir, rnd, d.rounds, version, bool(pairs), metrics, scored, timer, t0,
-                     writer, on_step, cursor.state_dict(), rng)
+            end_step(loop, StepEnd(rnd, version, bool(pairs), metrics, scored, t0, cursor.state_dict(), rng))

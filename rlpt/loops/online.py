@@ -1,7 +1,7 @@
-"""The synchronous online RL loop shared by GRPO (DAPO / Dr. GRPO by config), NFT and online RFT:
-prompts -> rollout -> verify -> (reference) -> batch -> learner -> sync, every phase timed, one metrics row and one
-rollouts file per step. The algorithm (rlpt.algorithms.ALGORITHMS) decides which groups to keep, how to build the
-batch and the loss; the control flow is the same.
+"""The synchronous online RL loop of every algorithm whose `Algorithm.loop` is ONLINE (GRPO with its DAPO / Dr.
+GRPO options, NFT, online RFT, ...): prompts -> rollout -> verify -> (reference) -> batch -> learner -> sync, every
+phase timed, one metrics row and one rollouts file per step. The algorithm's `online` hooks decide which groups to
+keep and how to build the batch, its plan and loss what the learner does; the control flow is the same.
 
 Dynamic sampling: groups the algorithm cannot learn from (GRPO with dynamic_sampling: all-equal rewards; NFT:
 r_hat in {0, 1}; RFT: no correct sample) are dropped and the batch is refilled from new prompts, at most
@@ -13,14 +13,15 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from rlpt.algorithms import ALGORITHMS
+from rlpt.algorithms import algorithm_of
+from rlpt.algorithms.base import OnlineHooks
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
-from rlpt.loops.common import LoopState, StepCallback, Workers, end_step, rollout_metrics
+from rlpt.loops.common import LoopRun, LoopState, StepCallback, StepEnd, Workers, end_step, rollout_metrics
 from rlpt.metrics import MetricsWriter, PhaseTimer
-from rlpt.types import Prompt, SamplingSpec, ScoredRollout, TrainBatch, request_seed
+from rlpt.types import Prompt, SamplingSpec, ScoredRollout, request_seed
 
 
 def sampling_spec(cfg: RlptConfig) -> SamplingSpec:
@@ -29,16 +30,15 @@ def sampling_spec(cfg: RlptConfig) -> SamplingSpec:
                         top_p=r.top_p, top_k=r.top_k, stop=r.stop)
 
 
-def collect_groups(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], cursor: PromptCursor, step: int,
-                   timer: PhaseTimer) -> tuple[list[ScoredRollout], list[ScoredRollout], int]:
+def collect_groups(cfg: RlptConfig, hooks: OnlineHooks, w: Workers[Any], prompts: Sequence[Prompt],
+                   cursor: PromptCursor, step: int, timer: PhaseTimer
+                   ) -> tuple[list[ScoredRollout], list[ScoredRollout], int]:
     """Sample and score until `prompts_per_step` groups are kept. Returns (kept, every scored rollout, #groups)."""
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
-    algo = ALGORITHMS[cfg.algorithm.name]
     spec = sampling_spec(cfg)
     kept: list[ScoredRollout] = []
     seen: list[ScoredRollout] = []
-    tries = 1 + algo.resample_tries(cfg)
-    for attempt in range(tries):
+    for attempt in range(1 + hooks.resample_tries):
         need = P - len(kept) // G
         batch = [prompts[i] for i in cursor.take(need)]
         seeds = [request_seed(cfg.run.seed, step, attempt * P + j, G) for j in range(len(batch))]
@@ -47,27 +47,19 @@ def collect_groups(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], curso
         with timer.phase("verify"):
             scored = w.verifier.score(rollouts)
         seen += scored
-        keep = algo.keep_groups(scored, cfg)
+        keep = hooks.keep_groups(scored)
         kept += [s for p in range(need) if keep[p] for s in scored[p * G:(p + 1) * G]]
         if len(kept) // G >= P:
             break
     return kept, seen, len(seen) // G
 
 
-def batch_metrics(cfg: RlptConfig, batch: TrainBatch) -> dict[str, float]:
-    """Algorithm-specific counts of what the learner trains on."""
-    rows = float(batch.num_rows)
-    if cfg.algorithm.name == "nft":
-        assert batch.positive_B is not None
-        return {"nft/neg_frac": float((batch.positive_B == 0).float().mean()), "nft/rows": rows}
-    if cfg.algorithm.name == "rft":
-        return {"rft/kept": rows}
-    return {}
-
-
-def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
+def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
         on_step: StepCallback | None = None, resume: LoopState | None = None) -> None:
-    algo = ALGORITHMS[cfg.algorithm.name]
+    algo = algorithm_of(cfg)
+    if algo.online is None:
+        raise ValueError(f"algorithm {algo.name!r} has no online-loop hooks (Algorithm.online)")
+    hooks = algo.online(cfg)
     cursor = PromptCursor(len(prompts), cfg.run.seed, cfg.data.shuffle)
     start_step, version = 0, 0
     if resume is not None:  # sampling seeds derive from (seed, step, position): nothing else to restore here
@@ -75,15 +67,16 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
         start_step, version = resume.next_step, resume.policy_version
     timer = PhaseTimer()
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
+        loop = LoopRun(cfg, w, run_dir, cfg.run.steps, writer, timer, on_step)
         for step in range(start_step, cfg.run.steps):
             timer.reset()
             t0 = time.perf_counter()
-            kept, seen, generated_groups = collect_groups(cfg, w, prompts, cursor, step, timer)
+            kept, seen, generated_groups = collect_groups(cfg, hooks, w, prompts, cursor, step, timer)
             metrics = rollout_metrics(seen, version)
             metrics["dynamic/kept_frac"] = len(kept) / max(len(seen), 1)
-            batch = algo.build_batch(kept, cfg, pad_id)
+            batch = hooks.build_batch(kept, pad_id)
             if batch is not None:
-                metrics.update(batch_metrics(cfg, batch))
+                metrics.update(algo.batch_metrics(batch))
                 if w.reference is not None:
                     with timer.phase("reference"):
                         ref = w.reference.logprobs(batch.input_ids_B_T, batch.attention_mask_B_T)
@@ -94,5 +87,4 @@ def run(cfg: RlptConfig, w: Workers, prompts: Sequence[Prompt], run_dir: Path, p
                     report = w.sync.sync(version + 1)
                 version = report.version
                 metrics.update(report.as_metrics())
-            end_step(cfg, w, run_dir, step, cfg.run.steps, version, batch is not None, metrics, seen,
-                     timer, t0, writer, on_step, cursor.state_dict())
+            end_step(loop, StepEnd(step, version, batch is not None, metrics, seen, t0, cursor.state_dict()))

@@ -36,6 +36,3 @@ def merged_state_dict(state: Mapping[str, torch.Tensor], scaling: float) -> dict
         out[key] = (base.float() + delta).to(base.dtype)
     return out
 
-
-def trainable_names(module: torch.nn.Module) -> list[str]:
-    return [n for n, p in module.named_parameters() if p.requires_grad]

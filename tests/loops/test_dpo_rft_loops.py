@@ -8,7 +8,8 @@ from rlpt.config import load_config
 from rlpt.loops import dpo, rft
 from rlpt.loops.common import Workers
 from rlpt.metrics import read_metrics
-from tests.loops.test_online_loop import REQUIRED, FakeLearner, FakeRollout, FakeSync, FakeVerifier, prompts
+from tests.loops.test_online_loop import (REQUIRED, FakeHealth, FakeLearner, FakeRollout, FakeSync, FakeVerifier,
+                                          prompts)
 
 pytestmark = pytest.mark.loops
 
@@ -16,11 +17,7 @@ pytestmark = pytest.mark.loops
 class PairLearner(FakeLearner):
     def __init__(self):
         super().__init__()
-        self.pair_batches, self.resets = [], 0
-
-    def train_pairs(self, batch, step, epochs):
-        self.pair_batches.append((batch, epochs))
-        return {"dpo/loss": 0.69, "dpo/margin": 0.0, "dpo/accuracy": 0.5, "logprob_gap/mean": 0.0}
+        self.resets = 0
 
     def reset_to_base(self):
         self.resets += 1
@@ -33,7 +30,8 @@ class FakeReference:
 
 def workers(learner):
     ro = FakeRollout()
-    return Workers(rollout=ro, verifier=FakeVerifier(), learner=learner, sync=FakeSync(ro), reference=FakeReference())
+    return Workers(rollout=ro, verifier=FakeVerifier(), learner=learner, sync=FakeSync(ro), health=FakeHealth(),
+                   reference=FakeReference())
 
 
 def test_dpo_rounds_pairs_and_metrics(tmp_path):
@@ -44,8 +42,9 @@ def test_dpo_rounds_pairs_and_metrics(tmp_path):
     dpo.run(cfg, workers(learner), prompts(12, same_every=3), tmp_path, pad_id=0)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2] and all(set(REQUIRED) <= set(r) for r in rows)
-    for r, (batch, epochs) in zip(rows, learner.pair_batches):
-        assert epochs == 2 and batch.num_rows == 2 * r["dpo/pairs"]
+    assert len(learner.batches) == 3  # one learner step per round (its epochs are the algorithm's plan)
+    for r, batch in zip(rows, learner.batches):
+        assert batch.num_rows == 2 * r["dpo/pairs"]
         assert batch.ref_logprobs_B_T is not None
         assert batch.positive_B.tolist() == [1.0, 0.0] * int(r["dpo/pairs"])  # chosen, rejected interleaved
         assert r["dpo/pairs"] + r["dpo/skipped_prompts"] == 6
@@ -104,8 +103,8 @@ def test_dpo_resume_equals_uninterrupted_run(tmp_path):
     full, first, second, full_dir, split_dir = _resume_split(
         tmp_path, dpo, ["algorithm.name=dpo", "algorithm.dpo.prompts_per_round=6", "algorithm.dpo.samples_per_prompt=4",
                         "algorithm.dpo.pairing=random"], total=4, half=2)
-    ids = [b.input_ids_B_T.tolist() for b, _ in full.pair_batches]
-    assert ids == [b.input_ids_B_T.tolist() for b, _ in first.pair_batches + second.pair_batches]
+    ids = [b.input_ids_B_T.tolist() for b in full.batches]
+    assert ids == [b.input_ids_B_T.tolist() for b in first.batches + second.batches]
     a, b = read_metrics(full_dir / "metrics.jsonl"), read_metrics(split_dir / "metrics.jsonl")
     assert [r["step"] for r in b] == [0, 1, 2, 3]
     for key in ("reward/mean", "dpo/pairs", "policy_version"):

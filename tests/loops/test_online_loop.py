@@ -7,10 +7,10 @@ import pytest
 
 from rlpt.config import load_config
 from rlpt.loops import online
-from rlpt.loops.common import SyncReport, Workers
+from rlpt.loops.common import Workers
 from rlpt.metrics import read_metrics
 from rlpt.rollout_log import read_rollouts
-from rlpt.types import Prompt, Rollout, ScoredRollout
+from rlpt.types import Prompt, Rollout, ScoredRollout, SyncReport
 
 pytestmark = pytest.mark.loops
 
@@ -22,13 +22,8 @@ REQUIRED = ["step", "policy_version", "reward/mean", "reward/correct_frac", "tok
 class FakeRollout:
     """Response = one token; a prompt whose uid ends in 'same' always gets the same token (zero-variance group)."""
 
-    restarts = 0
-
     def __init__(self):
         self.version, self.seeds = 0, []
-
-    def fleet_metrics(self):
-        return {"fleet/size": 1.0}
 
     def generate(self, prompts, seeds, spec):
         self.seeds += list(seeds)
@@ -41,8 +36,6 @@ class FakeRollout:
 
 
 class FakeVerifier:
-    restarts = 0
-
     def score(self, rollouts):
         return [ScoredRollout(r, float(r.text == "1"), r.text == "1") for r in rollouts]
 
@@ -63,6 +56,14 @@ class FakeLearner:
         out_dir.mkdir(parents=True)
         (out_dir / "optimizer.pt").write_text("x")
 
+    def reset_to_base(self):
+        self.resets = getattr(self, "resets", 0) + 1
+
+
+class FakeHealth:
+    def metrics(self):
+        return {"fleet/size": 1.0, "faults/rollout_restarts": 0.0, "faults/verifier_restarts": 0.0}
+
 
 class FakeSync:
     def __init__(self, rollout):
@@ -82,7 +83,8 @@ def make(tmp_path, *overrides):
     cfg = load_config(None, [f"run.root={tmp_path}", "run.steps=4", "rollout.prompts_per_step=4",
                              "rollout.samples_per_prompt=4", "run.tensorboard=false", *overrides])
     ro = FakeRollout()
-    return cfg, ro, FakeLearner(), Workers(rollout=ro, verifier=FakeVerifier(), learner=FakeLearner(), sync=FakeSync(ro))
+    return cfg, ro, FakeLearner(), Workers(rollout=ro, verifier=FakeVerifier(), learner=FakeLearner(), sync=FakeSync(ro),
+                                          health=FakeHealth())
 
 
 def test_steps_metrics_rollouts_and_checkpoints(tmp_path):

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.launch import train
+from rlpt.algorithms import algorithm_of
 from rlpt.config import load_config
 from rlpt.metrics import read_metrics
 
@@ -43,6 +44,8 @@ def test_loop_learns_on_the_builtin_task(ray_cluster, tiny_root, case):
     assert any(set(own_keys) <= set(r) for r in rows)
     assert all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows)
     assert last >= rewards[0] + 0.3
+    # the LR schedule's horizon is the optimizer steps the run really took (DeepSpeed's own step count)
+    assert rows[-1]["learner/optimizer_steps"] == algorithm_of(cfg).lr_horizon(cfg)
     if case == "dpo":
         pairs = pq.read_table(run_dir / "pairs" / "round_000005.parquet")
         assert pairs.num_rows == rows[5]["dpo/pairs"] > 0
@@ -75,3 +78,15 @@ def test_rft_restart_from_base_rebuilds_the_learner(ray_cluster, tiny_root, stag
     assert trained != base and reset == base
     rows = read_metrics(tiny_root / f"rft-base-z{stage}" / "metrics.jsonl")
     assert len(rows) == 2 and all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows)
+
+
+def test_a_decaying_lr_schedule_ends_where_the_run_does(ray_cluster, tiny_root):
+    """GRPO with cosine: the horizon is the run's optimizer steps (main had 4x too many: the DPO/RFT epochs), so
+    the LR reaches 0 at the last step; with 2 mini-batches and 2 PPO epochs, 4 optimizer steps per step."""
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=cosine", "run.steps=3", "learner.lr_schedule=cosine",
+                             "learner.mini_batches=2", "learner.ppo_epochs=2", "algorithm.grpo.beta=0"])
+    train(cfg, tiny_root / "cosine")
+    rows = read_metrics(tiny_root / "cosine" / "metrics.jsonl")
+    assert [r["learner/optimizer_steps"] for r in rows] == [4.0, 8.0, 12.0] and algorithm_of(cfg).lr_horizon(cfg) == 12
+    lr = cfg.learner.lr
+    assert [r["actor/lr"] for r in rows] == pytest.approx([lr * 0.75, lr * 0.25, 0.0], abs=1e-12)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from actors.launch import train
+from rlpt.algorithms import algorithm_of
 from rlpt.config import load_config
 from rlpt.metrics import read_metrics
 from rlpt.rollout_log import read_rollouts
@@ -49,6 +50,7 @@ def test_run_directory_is_complete(default_runs):
         assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
         assert r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance and r["logprob_gap/mean"] < 1e-3
     assert [r["policy_version"] for r in rows] == list(range(1, cfg.run.steps + 1))
+    assert rows[-1]["learner/optimizer_steps"] == algorithm_of(cfg).lr_horizon(cfg) == cfg.run.steps
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     report = json.loads((run_dir / "data_report.json").read_text())
     assert report["prompts"] == report["kept"] == cfg.data.arith.num_prompts and report["skipped_too_long"] == 0

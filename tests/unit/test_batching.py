@@ -46,14 +46,27 @@ def test_groups_must_be_whole_and_pure():
         rewards_by_group([scored("a", [1], [2], 1.0), scored("b", [1], [2], 1.0)], 2)
 
 
+def closed_form(loss, mask, mode, norm_len):
+    """The aggregation rules written out directly (the code has one implementation: the loss weights)."""
+    m = mask.bool()
+    if mode == "token-mean":
+        return loss[m].sum() / m.sum()
+    if mode == "seq-mean-token-mean":
+        rows = [loss[b][m[b]].mean() for b in range(loss.shape[0]) if m[b].any()]
+        return torch.stack(rows).mean()
+    return loss[m].sum() / (loss.shape[0] * norm_len)
+
+
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_aggregation_weights_reproduce_aggregate(mode):
+def test_aggregation_weights_match_the_closed_form(mode):
     torch.manual_seed(0)
     loss = torch.randn(5, 7)
     mask = (torch.rand(5, 7) > 0.4).float()
     mask[3] = 0  # an empty row
     w = aggregation_weights(mask, mode, norm_len=7)
-    assert (loss * w).sum().item() == pytest.approx(aggregate(loss, mask, mode, norm_len=7).item(), rel=1e-6)
+    want = closed_form(loss, mask, mode, 7).item()
+    assert (loss * w).sum().item() == pytest.approx(want, rel=1e-6)
+    assert aggregate(loss, mask, mode, norm_len=7).item() == pytest.approx(want, rel=1e-6)
 
 
 def test_layout_and_minibatch_plan_split_rows_exactly_once():

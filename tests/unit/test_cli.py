@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rlpt.cli import (UsageError, build_entrypoint, build_parser, build_runtime_env, cmd_jobs_list, cmd_submit,
-                      config_in_working_dir, default_job_address, main, parse_env, split_config_args)
+from actors.submit import build_entrypoint, build_runtime_env, config_in_working_dir, parse_env
+from rlpt.cli import build_parser, cmd_jobs_list, cmd_submit, default_job_address, main, split_config_args
+from rlpt.errors import UsageError
 from rlpt.metrics import read_metrics
 from rlpt.rollout_log import read_rollouts
 
@@ -168,3 +169,19 @@ def test_a_fault_the_run_cannot_survive_is_printed_without_a_traceback(monkeypat
     monkeypatch.setattr("rlpt.cli.cmd_train", bug)
     with pytest.raises(KeyError):
         main(["train", "run.steps=1"])
+
+
+def test_every_runtime_fault_shares_the_one_base_class_the_cli_catches():
+    from actors.calls import ActorCallTimeout, ActorLost
+    from actors.learner import LearnerRankLost, LearnerTimeout
+    from actors.placement import PlacementTimeout
+    from actors.rollout import RolloutTimeout, RolloutWorkerLost
+    from actors.sync_group import SyncMismatchError
+    from actors.verifier import VerifierTimeout, VerifierWorkerLost
+    from actors.weight_sync import SyncGroupError
+    from rlpt.errors import RunFault
+
+    faults = [ActorCallTimeout, ActorLost, LearnerRankLost, LearnerTimeout, PlacementTimeout, RolloutTimeout,
+              RolloutWorkerLost, SyncMismatchError, VerifierTimeout, VerifierWorkerLost, SyncGroupError]
+    assert all(issubclass(f, RunFault) for f in faults)
+    assert all(issubclass(f, TimeoutError) for f in faults if f.__name__.endswith("Timeout"))

@@ -26,8 +26,8 @@ E = math.e
 
 
 def test_registry_is_an_explicit_dict() -> None:
-    assert set(ALGORITHMS) == {"grpo", "nft", "rft"}
-    assert ALGORITHMS["grpo"].token_loss is grpo.batch_token_loss
+    assert set(ALGORITHMS) == {"grpo", "nft", "rft", "dpo"}
+    assert ALGORITHMS["grpo"] is grpo.ALGORITHM and all(a.name == k for k, a in ALGORITHMS.items())
 
 
 # ---------------------------------------------------------------- advantages

@@ -1,0 +1,156 @@
+"""The driver side of the weight sync: membership (`SyncMembership`) and the sync itself (`EngineSync`).
+
+Membership: who is in the broadcast group, which generation of it is current, and how it changes.
+
+The group is learner rank 0 + every rollout engine of the fleet (all TP workers of each) + the reference actor
+when the algorithm's reference follows the policy (DPO `reference: previous`). It changes only between
+collectives:
+
+- `before_sync()`: the fleet updates (dead engines dropped, replacements and new capacity admitted, extras
+  retired); when the member list changed, the group is re-formed as a new generation;
+- `repair(send, receive)`: after a broadcast that failed, let the learner's side finish failing, close rank 0's end
+  (members still blocked in the broken group then fail at once instead of at the backend timeout), replace the
+  engines that died and re-form. It returns the engines lost; none lost means the failure was not an engine's
+  (a learner rank, the reference) and the sync error stands.
+
+Each generation has its own store and group name (`weights-<generation>`), so a member of an old generation can
+never join a new one by mistake.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+from actors.calls import ActorCallTimeout, ActorLost, first_line, gather, settle
+from actors.fleet import Fleet
+from actors.weight_sync import GroupSpec, SyncGroupError, resolve_backend
+from rlpt.config import RlptConfig
+from rlpt.errors import RunFault
+from rlpt.types import SyncReport
+from rlpt.weights import SyncPlan
+
+
+class SyncMembership:
+    def __init__(self, cfg: RlptConfig, rank0: Any, host: str, fleet: Fleet, reference: Any | None) -> None:
+        """`reference` is the reference actor when it is a member (it follows the policy), else None."""
+        self.cfg, self.rank0, self.host, self.fleet, self.reference = cfg, rank0, host, fleet, reference
+        self.generation = 0
+        self.join_timeout_s = cfg.sync.timeout_s + 30
+
+    def members(self) -> tuple[list[Any], list[str]]:
+        """Every receiving member (rank 1 ..) and its name, in rank order."""
+        pool = self.fleet.pool
+        extra = [self.reference] if self.reference is not None else []
+        return [*pool.workers, *extra], [*pool.names, *(["reference"] if extra else [])]
+
+    def form(self) -> None:
+        """Form the group of the current generation: rank 0 opens a fresh store, every member joins."""
+        import ray
+
+        cfg = self.cfg
+        port = ray.get(self.rank0.open_sync_group.remote(self.host), timeout=cfg.run.actor_timeout_s)
+        actors, names = self.members()
+        tp = cfg.rollout.tensor_parallel_size
+        labels, bases, nxt = ["learner rank 0"], [], 1
+        for actor, name in zip(actors, names):
+            width = 1 if actor is self.reference else tp
+            labels += [f"{name} (tp {t})" if width > 1 else name for t in range(width)]
+            bases.append(nxt)
+            nxt += width
+        spec = GroupSpec(name=f"weights-{self.generation}", host=self.host, port=port,
+                         backend=resolve_backend(cfg.sync.backend), timeout_s=cfg.sync.timeout_s, labels=tuple(labels))
+        joins = [self.rank0.join_sync_group.remote(spec)] + [a.join_sync.remote(spec, b) for a, b in zip(actors, bases)]
+        try:
+            gather("weight-sync group", joins, ["learner rank 0", *names], self.join_timeout_s)
+        except ActorCallTimeout as e:
+            raise SyncGroupError(str(e)) from None
+
+    def reform(self) -> None:
+        self.generation += 1
+        self.form()
+
+    def before_sync(self) -> None:
+        if self.fleet.update():  # engines left or joined: re-form with them, only ever between collectives
+            self.reform()
+
+    def repair(self, send: list[Any], receive: list[Any]) -> list[str]:
+        """After a failed sync: the engines that died in it (replaced, group re-formed), or [] when none did."""
+        import ray
+
+        names_before = list(self.fleet.pool.names)
+        if not settle(send, self.join_timeout_s):
+            return []  # a learner rank died or hangs: not an engine fault (the sync error stands)
+        ray.get(self.rank0.leave_sync_group.remote(), timeout=self.cfg.run.actor_timeout_s)
+        settle(receive, self.join_timeout_s)  # their "connection closed" errors: expected, consumed here
+        self.fleet.update(autoscale=False)  # drop the dead, admit replacements (blocks below cluster.rollout.min)
+        lost = [name for name in names_before if name not in self.fleet.pool.names]
+        if lost:
+            self.reform()
+        return lost
+
+
+class SyncMismatchError(RunFault):
+    """After a sync, an engine's probe logprobs differ from the learner's beyond the tolerance."""
+
+
+class EngineSync:
+    """Driver side of a sync (rlpt.loops.common.SyncService): start the learner's send and every member's receive
+    together, wait with a deadline that names whoever is late, then probe members against the learner.
+
+    Membership is read at each sync; `membership.before_sync()` runs first and is where dead engines are replaced
+    and the group re-formed, so membership only ever changes between collectives.
+
+    An engine that dies *inside* the broadcast fails it for everyone. Then `membership.repair(...)` replaces it and
+    re-forms the group, and the sync runs again from the first bucket: every member ends with the whole new
+    version, never a mix."""
+
+    MAX_ATTEMPTS = 3  # per sync; each retry also costs a replacement engine (bounded by rollout.max_restarts)
+
+    def __init__(self, learner: Any, membership: SyncMembership, plan: SyncPlan, probe_ids: Sequence[int],
+                 tolerance: float, timeout_s: float) -> None:
+        self.learner, self.membership = learner, membership
+        self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
+
+    def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
+        """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
+        otherwise only end at the backend timeout); so does one that is late past `timeout_s`."""
+        try:
+            return gather(what, refs, labels, self.timeout_s)
+        except (ActorCallTimeout, ActorLost) as e:
+            raise SyncGroupError(str(e)) from None
+
+    def probe_diff(self) -> float:
+        workers, names = self.membership.members()
+        want = self.learner.probe(self.probe_ids)
+        got = self._wait("sync probe", [w.probe.remote(self.probe_ids) for w in workers], names)
+        worst = 0.0
+        for name, lps in zip(names, got):
+            diff = max(abs(a - b) for a, b in zip(lps, want))
+            if diff > self.tolerance:
+                raise SyncMismatchError(f"after sync, {name} differs from the learner by {diff:.3g} in probe "
+                                        f"logprobs (tolerance sync.probe_tolerance={self.tolerance})")
+            worst = max(worst, diff)
+        return worst
+
+    def sync(self, version: int) -> SyncReport:
+        self.membership.before_sync()
+        start, retries = time.perf_counter(), 0
+        for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            workers, names = self.membership.members()
+            send = self.learner.send_refs(version)
+            recv = [w.receive_weights.remote(self.plan, version) for w in workers]
+            labels = [f"learner rank {i}" for i in range(len(send))] + names
+            try:
+                self._wait(f"weight sync v{version}", send + recv, labels)
+                break
+            except SyncGroupError as e:
+                lost = self.membership.repair(send, recv) if attempt < self.MAX_ATTEMPTS else []
+                if not lost:
+                    raise
+                retries += 1
+                print(f"[rlpt] {', '.join(lost)} died during weight sync v{version} ({first_line(e)}); group "
+                      f"re-formed without it, syncing v{version} again (attempt {attempt + 1})", file=sys.stderr)
+        seconds = time.perf_counter() - start
+        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version, retries=retries)

@@ -1,0 +1,105 @@
+"""The learner rank's one micro-batch loop, for every algorithm: for each planned optimizer step, forward each
+micro-batch, take the algorithm's loss, backward, step; add up the algorithm's stats and the rollout-vs-learner
+logprob gap. Pure torch: the DeepSpeed engine sits behind the small `Trainee` protocol (actors/learner.py), so the
+loop runs on a plain torch model in the unit tests.
+
+Loss scaling: each micro-batch's loss already carries its share of the mini-batch normalisation (loss weights, or
+`Share.norm`); the trainee multiplies by the number of ranks, whose gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from rlpt.algorithms.base import Algorithm, LossStats, Share, StepPlan
+from rlpt.batching import select_rows
+from rlpt.config import RlptConfig
+
+
+class Trainee(Protocol):
+    def logprobs(self, input_ids_B_T: Tensor, attention_mask_B_T: Tensor) -> Tensor: ...  # with grad
+
+    def set_train(self, train: bool) -> None: ...
+
+    def backward_step(self, loss: Tensor) -> None: ...  # backward; the optimizer steps at the mini-batch boundary
+
+    def grad_norm(self) -> float: ...
+
+    def lr(self) -> float: ...
+
+    def optimizer_steps(self) -> int: ...  # taken since this schedule began
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """One rank's account of a training step. Gap sums cover the first optimizer step's micro-batches only: the
+    optimizer has not stepped yet there, so they compare the policy that generated the rollouts with itself."""
+
+    stats: LossStats
+    gap: float = 0.0
+    gap_max: float = 0.0
+    gap_tokens: float = 0.0
+    grad_norms: list[float] = field(default_factory=list)
+    lr: float = 0.0
+    optimizer_steps: int = 0
+
+
+def micro_batches(rows: Share, micro: int) -> list[Share]:
+    return [Share(select_rows(rows.rows, torch.arange(i, min(i + micro, rows.rows.num_rows))), rows.norm)
+            for i in range(0, rows.rows.num_rows, micro)]
+
+
+@torch.no_grad()
+def recompute_old_logprobs(trainee: Trainee, plan: StepPlan, micro: int) -> list[list[Tensor]]:
+    """The current policy's logprobs of every micro-batch, before any update (learner.old_logprobs: recompute)."""
+    trainee.set_train(False)
+    return [[trainee.logprobs(m.rows.input_ids_B_T, m.rows.attention_mask_B_T) for m in micro_batches(mb[0], micro)]
+            for mb in plan.mini_batches]
+
+
+def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPlan, micro: int) -> RankReport:
+    """This rank's part of one training step: `plan` holds this rank's share of each mini-batch (`for_rank`)."""
+    olds = (recompute_old_logprobs(trainee, plan, micro)
+            if algo.uses_old_logprobs and cfg.learner.old_logprobs == "recompute" else None)
+    parts: list[LossStats] = []
+    gap = gap_max = gap_tokens = 0.0
+    grad_norms: list[float] = []
+    trainee.set_train(True)
+    for j, m in enumerate(plan.order):
+        for i, share in enumerate(micro_batches(plan.mini_batches[m][0], micro)):
+            rows = share.rows
+            logp = trainee.logprobs(rows.input_ids_B_T, rows.attention_mask_B_T)
+            old = rows.rollout_logprobs_B_T if olds is None else olds[m][i]
+            loss, stats = algo.loss(logp, old, share, cfg)
+            trainee.backward_step(loss)
+            parts.append(stats)
+            if j == 0:
+                mask = rows.loss_mask_B_T.bool()
+                with torch.no_grad():
+                    d = (logp.detach()[mask] - rows.rollout_logprobs_B_T[mask]).abs()
+                if d.numel():
+                    gap, gap_max, gap_tokens = gap + float(d.sum()), max(gap_max, float(d.max())), gap_tokens + d.numel()
+        grad_norms.append(trainee.grad_norm())
+    return RankReport(functools.reduce(lambda a, b: a.merged(b), parts), gap, gap_max, gap_tokens, grad_norms,
+                      trainee.lr(), trainee.optimizer_steps())
+
+
+def step_metrics(reports: Sequence[RankReport], plan: StepPlan) -> dict[str, float]:
+    """The group's metrics of one training step: the algorithm's (its stats summed over ranks), the logprob gap,
+    the last optimizer step's grad norm and LR, and the optimizer steps taken so far in this LR schedule."""
+    stats = functools.reduce(lambda a, b: a.merged(b), [r.stats for r in reports])
+    gap_tokens = sum(r.gap_tokens for r in reports)
+    first = reports[0]
+    return {
+        **stats.as_metrics(plan.passes, plan.optimizer_steps),
+        "actor/grad_norm": first.grad_norms[-1] if first.grad_norms else 0.0,
+        "actor/lr": first.lr,
+        "logprob_gap/mean": sum(r.gap for r in reports) / max(gap_tokens, 1.0),
+        "logprob_gap/max": max(r.gap_max for r in reports),
+        "learner/optimizer_steps": float(first.optimizer_steps),
+    }
