@@ -172,12 +172,27 @@ class DPOConfig(_Section):
     epochs: int = Field(4, ge=1)
 
 
+class GSPOConfig(_Section):
+    eps_low: float = Field(3e-4, ge=0, lt=1, description="clip range below 1 of the sequence ratio (paper: 3e-4)")
+    eps_high: float = Field(4e-4, ge=0, description="clip range above 1 of the sequence ratio (paper: 4e-4)")
+
+
+class RLOOConfig(_Section):
+    eps_low: float = Field(0.2, ge=0, lt=1, description="PPO clip of the token ratio (acts with several "
+                                                         "optimizer steps per batch)")
+    eps_high: float = Field(0.28, ge=0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "seq-mean-token-sum-norm", description="default: token sum per sequence, mean over sequences, / max_new_tokens")
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["grpo", "nft", "rft", "dpo"] = "grpo"
+    name: Literal["grpo", "nft", "rft", "dpo", "gspo", "rloo"] = "grpo"
     grpo: GRPOConfig = GRPOConfig()
     nft: NFTConfig = NFTConfig()
     rft: RFTConfig = RFTConfig()
     dpo: DPOConfig = DPOConfig()
+    gspo: GSPOConfig = GSPOConfig()
+    rloo: RLOOConfig = RLOOConfig()
 
 
 # --------------------------------------------------------------------------------------------------- learner

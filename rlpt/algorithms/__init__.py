@@ -5,7 +5,7 @@ the loops, the actor graph and the learner everything they need. Selection is th
 
 from __future__ import annotations
 
-from rlpt.algorithms import dpo, grpo, nft, rft
+from rlpt.algorithms import dpo, grpo, gspo, nft, rft, rloo
 from rlpt.algorithms.base import Algorithm, LoopKind, ReferenceUse
 from rlpt.config import RlptConfig
 
@@ -14,6 +14,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     "nft": nft.ALGORITHM,
     "rft": rft.ALGORITHM,
     "dpo": dpo.ALGORITHM,
+    "gspo": gspo.ALGORITHM,
+    "rloo": rloo.ALGORITHM,
 }
 
 

@@ -8,14 +8,14 @@ Position 0 has no predictor and is 0.0; the loss mask never covers it (it is a p
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from rlpt.algorithms.base import Share, StepPlan
-from rlpt.batching import LearnerLayout, learner_layout, plan_mini_batches
-from rlpt.types import TrainBatch
+from rlpt.algorithms.base import OnlineHooks, Share, StepPlan
+from rlpt.batching import LearnerLayout, learner_layout, plan_mini_batches, rewards_by_group, token_rows
+from rlpt.types import ScoredRollout, TrainBatch
 
 if TYPE_CHECKING:
     from rlpt.config import RlptConfig
@@ -89,6 +89,20 @@ def once(cfg: "RlptConfig") -> int:
 
 def no_metrics(batch: TrainBatch) -> dict[str, float]:
     return {}
+
+
+def advantage_hooks(cfg: "RlptConfig", advantages_P_G: Callable[[Tensor], Tensor]) -> OnlineHooks:
+    """Online hooks of an algorithm that keeps every group and trains token rows with per-sample advantages
+    computed from the [P, G] rewards (no dynamic sampling)."""
+    G = cfg.rollout.samples_per_prompt
+
+    def build(scored: Sequence[ScoredRollout], pad_id: int) -> TrainBatch | None:
+        if not scored:
+            return None
+        return token_rows(scored, advantages_P_G(rewards_by_group(scored, G)).flatten(), pad_id)
+
+    return OnlineHooks(keep_groups=lambda scored: torch.ones(len(scored) // G, dtype=torch.bool), resample_tries=0,
+                       build_batch=build)
 
 
 def step_seed(run_seed: int, step: int) -> int:

@@ -21,6 +21,9 @@ COMMON = ["step", "policy_version", "reward/mean", "reward/correct_frac", "token
 
 CASES = {
     "nft": (["algorithm.name=nft", "run.steps=120"], ["nft/neg_frac", "dynamic/kept_frac"]),
+    # the two algorithms added through the extension point (one file + one dict entry each)
+    "gspo": (["algorithm.name=gspo", "run.steps=120"], ["actor/clip_frac", "actor/ratio_mean"]),
+    "rloo": (["algorithm.name=rloo", "run.steps=120"], ["actor/clip_frac", "actor/ratio_mean"]),
     "rft-online": (["algorithm.name=rft", "run.steps=150"], ["rft/kept"]),
     "rft-rounds": (["algorithm.name=rft", "algorithm.rft.mode=rounds"], ["rft/kept", "rft/samples"]),
     "dpo": (["algorithm.name=dpo"], ["dpo/pairs", "dpo/margin", "dpo/accuracy", "dpo/loss"]),

@@ -1,5 +1,6 @@
 """The Algorithm records and the learner's generic micro-batch loop (rlpt.training), on a plain torch model:
-optimizer steps and LR horizons per algorithm and loop, the distributed loss equal to the full-batch loss, and no `algorithm.name` comparison outside rlpt/algorithms/."""
+optimizer steps and LR horizons per algorithm and loop, the distributed loss equal to the full-batch loss,
+GSPO and RLOO hand-computed, and no `algorithm.name` comparison outside rlpt/algorithms/."""
 
 import math
 import re
@@ -12,6 +13,8 @@ from rlpt.algorithms import ALGORITHMS, algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse, Share
 from rlpt.algorithms.common import token_logprobs
 from rlpt.algorithms.grpo import GRPOLossConfig, grpo_loss
+from rlpt.algorithms.gspo import gspo_token_loss, sequence_log_ratio
+from rlpt.algorithms.rloo import leave_one_out_advantages, rloo_token_loss
 from rlpt.batching import pair_rows, token_rows
 from rlpt.config import load_config
 from rlpt.schedule import lr_multiplier
@@ -75,7 +78,8 @@ def scored_group(uid, rewards, resp_len=2):
                                   "", "stop", 0), reward=r, correct=r > 0) for i, r in enumerate(rewards)]
 
 
-ONLINE = {"grpo": [], "nft": ["algorithm.name=nft"], "rft": ["algorithm.name=rft"]}
+ONLINE = {"grpo": [], "nft": ["algorithm.name=nft"], "rft": ["algorithm.name=rft"],
+          "gspo": ["algorithm.name=gspo"], "rloo": ["algorithm.name=rloo"]}
 
 
 @pytest.mark.parametrize("name", list(ONLINE))
@@ -118,6 +122,8 @@ def test_lr_horizon_is_the_runs_optimizer_steps_for_every_loop():
         "rft restart base": (["algorithm.name=rft", "algorithm.rft.mode=rounds", "algorithm.rft.restart=base"], 4),
         "dpo": (["algorithm.name=dpo", "algorithm.dpo.rounds=6", "algorithm.dpo.epochs=2",
                  "learner.mini_batches=3"], 6 * 2 * 3),
+        "gspo": (["algorithm.name=gspo", "run.steps=9"], 9),
+        "rloo": (["algorithm.name=rloo", "run.steps=9", "learner.ppo_epochs=2"], 18),
     }
     for what, (overrides, want) in cases.items():
         cfg = load_config(None, overrides)
@@ -167,6 +173,50 @@ def test_distributed_micro_batch_losses_add_up_to_the_full_batch_loss():
             lp = token_logprobs(model(rows.input_ids_B_T), rows.input_ids_B_T)
         total += float(algo.loss(lp, rows.rollout_logprobs_B_T, share, cfg)[0])
     assert total == pytest.approx(float(full), abs=1e-6)  # float32 sums of terms of both signs
+
+
+# ---------------------------------------------------------------- GSPO and RLOO, hand-computed
+def test_gspo_sequence_ratio_clip_and_loss_hand_computed():
+    # row 0: 2 tokens, log ratios 0.2 and 0.0 -> log s = 0.1, s = e^0.1 = 1.10517; A = +1: clipped at 1 + 0.0004
+    #   -> l = -min(1.10517, 1.0004) = -1.0004 (constant in theta: no gradient)
+    # row 1: 1 token, log ratio -0.001 -> s = 0.9990005; A = -1: clip(s) = 1 - 0.0003 -> -min(-0.999, -0.9997) = 0.9997
+    logp = torch.tensor([[0.0, -1.0, -2.0], [0.0, -1.001, 0.0]], requires_grad=True)
+    old = torch.tensor([[0.0, -1.2, -2.0], [0.0, -1.0, 0.0]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    assert sequence_log_ratio(logp, old, mask).tolist() == pytest.approx([0.1, -0.001], abs=1e-6)
+    t = gspo_token_loss(logp, old, torch.tensor([1.0, -1.0]), mask, 3e-4, 4e-4)
+    assert t.loss_B_T[0, 1:].tolist() == pytest.approx([-1.0004, -1.0004], abs=1e-6)
+    assert t.loss_B_T[1, 1].item() == pytest.approx(0.9997, abs=1e-6) and t.loss_B_T[1, 2].item() == 0.0
+    assert t.clipped_B_T.tolist() == [[False, True, True], [False, True, False]]
+    # unclipped: s = 1 exactly (on-policy) -> d l_i / d logp_t = -A_i * s / |o_i|
+    on = gspo_token_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), mask, 3e-4, 4e-4)
+    (on.loss_B_T[:, 1]).sum().backward()  # one token of each row carries l_i (seq-mean weights do this)
+    assert logp.grad[0, 1:].tolist() == pytest.approx([-0.5, -0.5]) and logp.grad[1, 1].item() == pytest.approx(1.0)
+
+
+def test_rloo_leave_one_out_baseline_and_gradient():
+    # rewards [1, 0, 0]: baselines (0+0)/2 = 0, (1+0)/2 = 0.5, 0.5 -> A = [1, -0.5, -0.5]; sum(A) = 0
+    adv = leave_one_out_advantages(torch.tensor([[1.0, 0.0, 0.0]]))
+    assert adv.tolist() == [[1.0, -0.5, -0.5]]
+    assert leave_one_out_advantages(torch.tensor([[3.0]])).tolist() == [[0.0]]  # no baseline for a group of one
+    # equals G/(G-1) (r - mean): 3/2 * (1 - 1/3) = 1
+    # on-policy (rho = 1): d(-rho A)/d logp = -A per token
+    logp = torch.tensor([[0.0, -0.5, -0.7]], requires_grad=True)
+    mask = torch.tensor([[0, 1, 1]])
+    adv_B_T = torch.tensor([[0.0, -0.5, -0.5]])
+    t = rloo_token_loss(logp, logp.detach(), adv_B_T, mask, 0.2, 0.28)
+    t.loss_B_T.sum().backward()
+    assert logp.grad.tolist() == [[0.0, 0.5, 0.5]] and t.loss_B_T.tolist() == [[0.0, 0.5, 0.5]]
+
+
+def test_rloo_batch_puts_the_baseline_on_every_response_token():
+    cfg = load_config(None, ["algorithm.name=rloo", "rollout.samples_per_prompt=4"])
+    batch = algorithm_of(cfg).online(cfg).build_batch(scored_group("a", [1.0, 0.0, 0.0, 1.0]), 0)
+    # A = r - mean(others): 1 - 1/3 = 2/3, 0 - 2/3 = -2/3
+    want = [2 / 3, -2 / 3, -2 / 3, 2 / 3]
+    for b in range(4):
+        m = batch.loss_mask_B_T[b].bool()
+        assert batch.advantages_B_T[b][m].tolist() == pytest.approx([want[b]] * int(m.sum()))
 
 
 # ---------------------------------------------------------------- the extension point stays closed

@@ -26,7 +26,7 @@ E = math.e
 
 
 def test_registry_is_an_explicit_dict() -> None:
-    assert set(ALGORITHMS) == {"grpo", "nft", "rft", "dpo"}
+    assert set(ALGORITHMS) == {"grpo", "nft", "rft", "dpo", "gspo", "rloo"}
     assert ALGORITHMS["grpo"] is grpo.ALGORITHM and all(a.name == k for k, a in ALGORITHMS.items())
 
 
