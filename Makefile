@@ -7,7 +7,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 PY := .venv/bin/python
 
-.PHONY: run test setup
+.PHONY: run test test-compat setup
 setup:
 	@bash scripts/setup.sh
 
@@ -16,3 +16,7 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole compatibility matrix (make test runs its fast cells): every family x tokenizer x template cell.
+test-compat: setup
+	RLPT_COMPAT=full $(PY) -m pytest tests/ray/test_compat_matrix.py $(PYTEST_ARGS)

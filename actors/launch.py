@@ -5,12 +5,11 @@ Everything Ray-specific about building the graph is here; the loops only see rlp
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -19,18 +18,16 @@ from actors.calls import gather
 from actors.fleet import Fleet
 from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
-from actors.rollout import RolloutPool, RolloutWorker, engine_options
+from actors.rollout import RolloutPool, RolloutWorker, check_engine_support, engine_options
 from actors.sync_group import EngineSync, SyncMembership
 from actors.verifier import VerifierPool, VerifierWorker
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
-from rlpt.config import RlptConfig, save_config
-from rlpt.data import load_prompts, tokenize_prompts
+from rlpt.config import RlptConfig
 from rlpt.loops import dpo, online, rft
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.metrics import truncate_metrics
-from rlpt.models import load_tokenizer, resolve_model_path
-from rlpt.types import Prompt
+from rlpt.prepare import PreparedRun, prepare
 
 LOOPS: dict[LoopKind, Callable[..., None]] = {
     LoopKind.ONLINE: online.run,
@@ -87,43 +84,54 @@ class Factories:
     """How to start each kind of actor (the fleet and the verifier pool start replacements with these too)."""
 
     cfg: RlptConfig
-    model_path: str
+    prep: PreparedRun
+
+    @property
+    def model_path(self) -> str:
+        return str(self.prep.model_path)
+
+    @property
+    def log_dir(self) -> str | None:
+        """Where actors write their output (run.log_level: quiet), None to leave it to Ray (verbose)."""
+        quiet = self.cfg.run.log_level == "quiet" and self.prep.run_dir is not None
+        return str(self.prep.run_dir / "logs") if quiet and self.prep.run_dir is not None else None
 
     def learner_rank(self, pg: Any, k: int) -> Any:
         import ray
 
         return ray.remote(LearnerRank).options(**placement.learner_options(self.cfg, pg, k)).remote(
-            k, self.cfg.learner.num_ranks, self.cfg, self.model_path)
+            k, self.cfg.learner.num_ranks, self.cfg, self.model_path, self.log_dir)
 
     def engine(self, name: str) -> Any:
         import ray
 
         return ray.remote(RolloutWorker).options(**placement.engine_options(self.cfg)).remote(
-            name, engine_options(self.cfg, self.model_path), self.model_path)
+            name, engine_options(self.cfg, self.model_path, self.prep.shape.max_model_len, self.prep.facts.eos_ids),
+            self.model_path, self.log_dir)
 
     def verifier(self, name: str) -> Any:
         import ray
 
         v = self.cfg.verifier
         return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
-            name, v.name, v.timeout_s, v.error_reward)
+            name, v.name, v.timeout_s, v.error_reward, self.log_dir)
 
     def reference(self) -> Any:
         import ray
 
         c = self.cfg
         return ray.remote(ReferenceActor).options(**placement.reference_options(c)).remote(
-            self.model_path, c.model.dtype, c.rollout.temperature, c.learner.micro_batch_size)
+            self.model_path, c.model.dtype, c.rollout.temperature, c.learner.micro_batch_size, self.log_dir)
 
 
-def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequence[Prompt],
+def build_graph(cfg: RlptConfig, prep: PreparedRun,
                 request_resources: Callable[[list[dict[str, float]]], None] | None = None) -> Graph:
     """`request_resources` is how the fleet talks to the autoscaler (default: ray.autoscaler.sdk.request_resources);
     tests pass a stand-in that adds and removes simulated nodes."""
     import ray
 
     placement.init_ray(cfg)
-    algo, make, T = algorithm_of(cfg), Factories(cfg, str(model_path)), cfg.run.actor_timeout_s
+    algo, make, T = algorithm_of(cfg), Factories(cfg, prep), cfg.run.actor_timeout_s
     K, N, M = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
     # Start everything at once: engine and DeepSpeed start-up dominate and overlap.
     pg = placement.learner_placement_group(cfg, T)
@@ -137,14 +145,13 @@ def build_graph(cfg: RlptConfig, model_path: Path, tokenizer: Any, prompts: Sequ
     setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, algo.lr_horizon(cfg)) for r in ranks]
     gather("start-up", setups + [e.ping.remote() for e in engines] + [v.ping.remote() for v in verifiers],
            [f"learner rank {k}" for k in range(K)] + names + vnames, T)
-    learner = LearnerGroup(ranks, layout, cfg, tokenizer.pad_token_id, T)
+    learner = LearnerGroup(ranks, layout, cfg, prep.facts.pad_id, T)
     pool = RolloutPool(engines, names, T)
     fleet = Fleet(cfg, pool, make.engine, T, request_resources)
     membership = SyncMembership(cfg, ranks[0], addr, fleet,
                                 reference if use is ReferenceUse.FOLLOWS_POLICY else None)
     membership.form()
-    probe_ids = list(prompts[0].prompt_ids) + tokenizer(" 12 34 the answer", add_special_tokens=False)["input_ids"]
-    syncer = EngineSync(learner, membership, learner.sync_plan(), probe_ids, cfg.sync.probe_tolerance,
+    syncer = EngineSync(learner, membership, learner.sync_plan(), prep.shape.probe_ids, cfg.sync.probe_tolerance,
                         cfg.sync.timeout_s + 30)
     vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make.verifier,
                          max_restarts=cfg.verifier.max_restarts)
@@ -166,33 +173,6 @@ def shutdown(graph: Graph | None) -> None:
         remove_placement_group(graph.placement_group)
 
 
-@dataclass(frozen=True)
-class PreparedRun:
-    model_path: Path
-    tokenizer: Any
-    prompts: list[Prompt]
-    skipped_too_long: int
-
-
-def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
-    """Library-only preparation (no Ray): run directory, resolved config, model, tokenized prompts."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    model_path = resolve_model_path(cfg)
-    tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
-    loaded = load_prompts(cfg.data, cfg.run.seed)
-    tokenized = tokenize_prompts(loaded, tok, cfg.data)
-    report = {"prompts": len(loaded), "kept": len(tokenized.prompts),
-              "skipped_too_long": len(tokenized.skipped_too_long), "max_prompt_tokens": cfg.data.max_prompt_tokens,
-              "skipped_uids": tokenized.skipped_too_long[:100]}
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    if tokenized.skipped_too_long:
-        print(f"[rlpt] skipped {len(tokenized.skipped_too_long)} of {len(loaded)} prompts longer than "
-              f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} (see {run_dir / 'data_report.json'})",
-              file=sys.stderr)
-    return PreparedRun(model_path, tok, tokenized.prompts, len(tokenized.skipped_too_long))
-
-
 def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path, on_step: StepCallback | None,
                  state: LoopState | None = None, ckpt: Path | None = None) -> None:
     """The loop on a built graph (after restoring `ckpt` when resuming). A lost learner rank ends the run with an
@@ -202,8 +182,8 @@ def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path
             graph.workers.learner.load_state(ckpt / "state")
             graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
             truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
-        LOOPS[algorithm_of(cfg).loop(cfg)](cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id,
-                                           on_step, state)
+        LOOPS[algorithm_of(cfg).loop(cfg)](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step,
+                                           state)
     except LearnerRankLost as e:
         raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
 
@@ -220,22 +200,39 @@ def resume_hint(run_dir: Path) -> str:
 def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, resume: bool = False,
           from_step: int | None = None) -> float:
     """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
-    seconds. Actors are torn down even on errors."""
-    import ray
-
+    seconds. Actors are torn down even on errors. The preflight runs first: a setup that cannot work fails before
+    Ray is even imported."""
     start = time.perf_counter()
     state, ckpt = None, None
     if resume:
         ckpt = latest_checkpoint(run_dir, from_step)
         state = LoopState.read(ckpt / "loop_state.json")
     prep = prepare(cfg, run_dir)
+    check_engine_support(prep.facts.architecture)
+    f = prep.facts
+    event(f"preflight {time.perf_counter() - start:.1f}s: {f.architecture}, context {f.context_len}, prompt budget "
+          f"{prep.shape.prompt_budget}, EOS {list(f.eos_ids)}, {len(prep.prompts)} prompts")
+    import ray
+
     started_ray = not ray.is_initialized()
     graph = None
     try:
-        graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+        t = time.perf_counter()
+        graph = build_graph(cfg, prep)
+        event(f"actors up in {time.perf_counter() - t:.1f}s: {cfg.learner.num_ranks} learner rank(s), "
+              f"{len(graph.pool.workers)} engine(s), {len(graph.verifier_pool.workers)} verifier(s)"
+              f"{', a reference' if graph.reference is not None else ''}"
+              f"{'; actor logs in ' + str(run_dir / 'logs') if cfg.run.log_level == 'quiet' else ''}")
         run_on_graph(cfg, graph, prep, run_dir, on_step, state, ckpt)
     finally:
+        t = time.perf_counter()
         shutdown(graph)
         if started_ray:
             ray.shutdown()
+        event(f"shut down in {time.perf_counter() - t:.1f}s")
     return time.perf_counter() - start
+
+
+def event(text: str) -> None:
+    """A one-line rlpt event on the console (stderr, above the progress bar)."""
+    print(f"[rlpt] {text}", file=sys.stderr, flush=True)

@@ -52,7 +52,10 @@ def _ds_config(cfg: RlptConfig, micro: int, gas: int) -> dict[str, Any]:
 class LearnerRank:
     """Ray actor body: one DeepSpeed rank. Every public method is called on all ranks at once by LearnerGroup."""
 
-    def __init__(self, rank: int, world: int, cfg: RlptConfig, model_path: str) -> None:
+    def __init__(self, rank: int, world: int, cfg: RlptConfig, model_path: str, log_dir: str | None = None) -> None:
+        from actors.logs import redirect_output
+
+        redirect_output(log_dir, f"learner-rank-{rank}")
         self.cfg, self.rank, self.world, self.model_path = cfg, rank, world, model_path
         self._store = None
         self.group: WeightGroup | None = None

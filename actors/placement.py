@@ -54,18 +54,27 @@ def init_ray(cfg: RlptConfig) -> str:
         # sets one of the job's env vars again: add only the ones the job does not set.
         job_env = (json.loads(job_config).get("runtime_env") or {}).get("env_vars") or {}
         env["env_vars"] = {k: v for k, v in env["env_vars"].items() if k not in job_env}
-        ray.init(address="auto", runtime_env=env if env["env_vars"] else None, log_to_driver=True)
+        ray.init(address="auto", runtime_env=env if env["env_vars"] else None, **console_options(cfg))
         return "job"
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, **console_options(cfg))
         return address
     # Local cluster: plug-ins (`verifier.name: my_mod:fn`) import from where rlpt runs, as they would in-process.
     env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), resources=local_custom_resources(cfg),
              include_dashboard=cfg.cluster.dashboard, dashboard_host=cfg.cluster.dashboard_host, runtime_env=env,
-             log_to_driver=True)
+             **console_options(cfg))
     return "local"
+
+
+def console_options(cfg: RlptConfig) -> dict[str, Any]:
+    """ray.init options for the console: with run.log_level quiet, no actor output streamed to the driver (it is in
+    <run dir>/logs/) and none of Ray's own INFO lines."""
+    import logging
+
+    verbose = cfg.run.log_level == "verbose"
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
 
 
 def local_custom_resources(cfg: RlptConfig) -> dict[str, float]:

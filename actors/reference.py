@@ -10,9 +10,13 @@ from rlpt.algorithms.common import token_logprobs
 
 
 class ReferenceActor:
-    def __init__(self, model_path: str, dtype: str, temperature: float, micro: int) -> None:
+    def __init__(self, model_path: str, dtype: str, temperature: float, micro: int, log_dir: str | None = None
+                 ) -> None:
         from transformers import AutoModelForCausalLM
 
+        from actors.logs import redirect_output
+
+        redirect_output(log_dir, "reference")
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
         self.model.requires_grad_(False)
         self.temperature, self.micro = temperature, micro

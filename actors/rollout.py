@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
 from rlpt.errors import RunFault
+from rlpt.models import decode_completion
 from rlpt.types import Prompt, Rollout, SamplingSpec
 from rlpt.weights import SyncPlan
 
@@ -28,27 +29,63 @@ class EngineOptions:
     dtype: str
     seed: int
     max_model_len: int
+    eos_ids: tuple[int, ...] = ()  # every EOS id the model declares (rlpt.preflight): each stops generation
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     cpu_kv_cache_gib: int = 1
     logprobs_mode: str = "raw_logprobs"  # "processed_logprobs" when temperature != 1 (matches the learner's T)
 
 
-def engine_options(cfg: RlptConfig, model_path: str) -> EngineOptions:
+def engine_options(cfg: RlptConfig, model_path: str, max_model_len: int, eos_ids: tuple[int, ...]) -> EngineOptions:
+    """`max_model_len` and `eos_ids` come from the preflight (rlpt.preflight.RunShape / ModelFacts)."""
     r = cfg.rollout
     return EngineOptions(
-        model_path=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed,
-        max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens + 1,
+        model_path=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
+        eos_ids=tuple(eos_ids),
         tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kv_cache_gib=r.cpu_kv_cache_gib,
         logprobs_mode="raw_logprobs" if r.temperature == 1.0 else "processed_logprobs",
     )
 
 
+def engine_architectures() -> frozenset[str] | None:
+    """The causal-LM architectures this vLLM build serves (its registry's `_TEXT_GENERATION_MODELS`), read from the
+    registry's source without importing vLLM (that import costs ~10 s on 2 cores); None when it cannot be read
+    (another vLLM layout: the engine's own error then stands)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model_executor", "models", "registry.py")
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "_TEXT_GENERATION_MODELS" for t in node.targets)):
+            return frozenset(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    return None
+
+
+def check_engine_support(architecture: str) -> None:
+    """A clear error, before any actor starts, for a model this vLLM build cannot run."""
+    from rlpt.preflight import PreflightError
+
+    archs = engine_architectures()
+    if archs is not None and architecture not in archs:
+        raise PreflightError(f"the rollout engine (vLLM) has no implementation of {architecture}; it runs "
+                             f"{len(archs)} causal-LM architectures (e.g. LlamaForCausalLM, Qwen2ForCausalLM, "
+                             f"Qwen3ForCausalLM, MistralForCausalLM, GemmaForCausalLM, Phi3ForCausalLM)")
+
+
 class VllmEngine:
     """The adapter over vllm.LLM: generate with sampled-token logprobs, probe logprobs, weight-sync hooks."""
 
     def __init__(self, opts: EngineOptions) -> None:
+        self.stop_token_ids = list(opts.eos_ids) or None
         in_process = opts.tensor_parallel_size == 1
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -70,7 +107,7 @@ class VllmEngine:
         params = [
             SamplingParams(n=spec.n, max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
                            top_k=spec.top_k if spec.top_k > 0 else 0, stop=list(spec.stop) or None,
-                           logprobs=0, seed=seed)
+                           stop_token_ids=self.stop_token_ids, logprobs=0, seed=seed)
             for seed in seeds
         ]
         outs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
@@ -96,13 +133,18 @@ class VllmEngine:
 class RolloutWorker:
     """Ray actor body (wrapped with ray.remote by actors/launch.py): one engine plus its policy version."""
 
-    def __init__(self, name: str, opts: EngineOptions, tokenizer_path: str) -> None:
+    def __init__(self, name: str, opts: EngineOptions, tokenizer_path: str, log_dir: str | None = None) -> None:
+        from actors.logs import redirect_output
         from rlpt.models import load_tokenizer
 
-        self.name = name
+        redirect_output(log_dir, name)
+        self.name, self.eos_ids = name, frozenset(opts.eos_ids)
         self.engine = VllmEngine(opts)
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.policy_version = 0
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return decode_completion(self.tokenizer, ids, self.eos_ids)
 
     def ping(self) -> str:
         return self.name
@@ -111,7 +153,7 @@ class RolloutWorker:
         outs = self.engine.generate([p.prompt_ids for p in prompts], seeds, spec)
         return [
             Rollout(prompt=p, sample_index=i, response_ids_T=tuple(ids), logprobs_T=tuple(lps),
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=str(reason),
+                    text=self.decode(ids), finish_reason=str(reason),
                     policy_version=self.policy_version, engine=self.name)
             for p, samples in zip(prompts, outs) for i, (ids, lps, reason) in enumerate(samples)
         ]

@@ -15,7 +15,11 @@ from rlpt.types import Rollout, ScoredRollout
 class VerifierWorker:
     """Ray actor body (wrapped with ray.remote by actors/launch.py)."""
 
-    def __init__(self, name: str, spec: str, timeout_s: float, error_reward: float) -> None:
+    def __init__(self, name: str, spec: str, timeout_s: float, error_reward: float, log_dir: str | None = None
+                 ) -> None:
+        from actors.logs import redirect_output
+
+        redirect_output(log_dir, name)
         self.name = name
         self.scorer = IsolatedScorer(spec, timeout_s, error_reward)
 

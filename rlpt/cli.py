@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from rlpt.config import ConfigError, RlptConfig, dump_config, load_config
 from rlpt.errors import RunFault, UsageError
@@ -56,6 +57,23 @@ def cmd_model_init_tiny(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(ns: argparse.Namespace) -> int:
+    from rlpt.preflight import report
+    from rlpt.prepare import inspect_run
+
+    cfg = _load(ns.args)
+    prep = inspect_run(cfg)
+    try:
+        from actors.rollout import check_engine_support
+    except ImportError:  # no actor stack here: the engine's support is checked where the run starts
+        pass
+    else:
+        check_engine_support(prep.facts.architecture)
+    say(out, report(prep.facts, prep.shape, prep.lengths, cfg, prep.template))
+    say(out, "ok: the model, tokenizer, data and config fit together")
+    return 0
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -69,7 +87,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         res = evaluate(cfg, run_dir, ns.num_prompts, Path(ns.checkpoint) if ns.checkpoint else None,
                        progress=lambda done, total, r: bar.update(task, completed=done, r=r))
     out.print(f"evaluated {res.num_prompts} prompts x {cfg.rollout.samples_per_prompt} samples: "
-              f"reward/mean {res.reward_mean:.3f}, correct {res.correct_frac:.3f}, verifier errors "
+              f"reward/mean {res.reward_mean:.3f}, correct "
+              f"{'n/a (the verifier gives no correctness)' if res.correct_frac is None else f'{res.correct_frac:.3f}'}, "
+              f"verifier errors "
               f"{res.error_count}, {res.tokens_per_s:.0f} tok/s -> {res.run_dir}")
     return 0
 
@@ -97,13 +117,19 @@ def cmd_train(ns: argparse.Namespace) -> int:
     steps = total_steps(cfg)
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]:.3f}"),
                TextColumn("step {task.fields[t]:.2f}s"), TimeElapsedColumn())
-    with Progress(*columns, console=err) as bar:
-        task = bar.add_task("train", total=steps, r=0.0, t=0.0)
+    # The bar appears with the first finished step: preflight and start-up print their own one-line events.
+    bar = Progress(*columns, console=err)
+    task = bar.add_task("train", total=steps, r=0.0, t=0.0)
 
-        def on_step(step: int, m: dict[str, float]) -> None:
-            bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
+    def on_step(step: int, m: dict[str, float]) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
 
+    try:
         seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step)
+    finally:
+        bar.stop()
     out.print(f"trained {steps} {cfg.algorithm.name} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")
     return 0
 
@@ -166,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(fn=cmd_model_init_tiny)
 
+    ck = sub.add_parser("check", help="preflight only: model context, EOS ids, chat template, prompt lengths (no "
+                                      "actors, no weights loaded)")
+    ck.add_argument("args", nargs="*", metavar="CONFIG|key.path=value")
+    ck.set_defaults(fn=cmd_check)
+
     tr = sub.add_parser("train", help="train with the configured loop on a Ray cluster (local if none)")
     tr.add_argument("args", nargs="*", metavar="CONFIG|key.path=value")
     tr.add_argument("--run-dir", default=None, help="default: <run.root>/<run.name>")
@@ -224,17 +255,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rlpt.data import DataError
     from rlpt.data.encode import PromptTooLongError
     from rlpt.models import ModelPathError
+    from rlpt.preflight import PreflightError
     from rlpt.verifiers.plugin import VerifierLoadError
 
     ns = build_parser().parse_args(argv)
     try:
         return int(ns.fn(ns))
-    except (ConfigError, UsageError, DataError, PromptTooLongError, ModelPathError, VerifierLoadError,
+    except (ConfigError, UsageError, DataError, PromptTooLongError, ModelPathError, PreflightError, VerifierLoadError,
             FileExistsError, FileNotFoundError, NotImplementedError) as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         return 2
     except RunFault as e:  # a fault the run could not survive: the message names the actor and the phase
-        err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}", markup=True, highlight=False,
+                  soft_wrap=True)
         return 1
 
 

@@ -73,21 +73,47 @@ class CountdownConfig(_Section):
 
 
 class ColumnMap(_Section):
-    prompt: str = "prompt"
+    """Which columns hold what. Nested fields are dotted paths (`question.text` inside a struct / JSON object)."""
+
+    prompt: str = Field("prompt", description="a string, or a chat: a list of {role, content} messages (the HF "
+                                              "`messages` / conversational `prompt` shape), system turn optional")
     answer: str | None = "answer"
     meta: StrTuple = ()
     id: str | None = Field(None, description="column with a stable row id; default: file name + row number")
+
+
+class AnswerConfig(_Section):
+    """How the ground truth is read from the answer column: as it is, the last `\\boxed{...}` of a full solution
+    (MATH), or group 1 of a regex (GSM8K: `'####\\s*(.+)$'`)."""
+
+    extract: Literal["as_is", "boxed", "regex"] = "as_is"
+    regex: str | None = Field(None, description="with extract: regex, a Python regex whose group 1 is the answer")
+
+    @model_validator(mode="after")
+    def _regex_given(self) -> "AnswerConfig":
+        if (self.extract == "regex") != (self.regex is not None):
+            raise ValueError("data.answer.regex is needed with (and only with) data.answer.extract: regex")
+        if self.regex is not None:
+            try:
+                if re.compile(self.regex).groups < 1:
+                    raise ValueError(f"data.answer.regex {self.regex!r} has no group: wrap the answer in ( )")
+            except re.error as e:
+                raise ValueError(f"data.answer.regex {self.regex!r} is not a valid regex: {e}") from None
+        return self
 
 
 class DataConfig(_Section):
     task: Literal["arith", "countdown"] | None = Field("arith", description="built-in synthetic task")
     path: str | None = Field(None, description="a .parquet or .jsonl prompt file (set task: null)")
     columns: ColumnMap = ColumnMap()
+    answer: AnswerConfig = AnswerConfig()
     arith: ArithConfig = ArithConfig()
     countdown: CountdownConfig = CountdownConfig()
     chat_template: Literal["auto", "never", "always"] = "auto"
     system_prompt: str | None = None
-    max_prompt_tokens: int = Field(256, gt=0)
+    max_prompt_tokens: int | None = Field(None, gt=0, description="longest prompt in tokens; null = what the "
+                                                                   "model's context leaves after "
+                                                                   "rollout.max_new_tokens")
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
 
@@ -269,6 +295,10 @@ class RunConfig(_Section):
     log_rollouts: bool = True
     tensorboard: bool = True
     actor_timeout_s: float = Field(600.0, gt=0, description="longest wait on any actor call before a clear error")
+    log_level: Literal["quiet", "verbose"] = Field(
+        "quiet", description="quiet: the console shows rlpt's progress and events, every actor's output (vLLM, Ray, "
+                             "DeepSpeed, transformers) goes to <run dir>/logs/; verbose: actor output is also "
+                             "streamed to the console")
 
 
 class RlptConfig(_Section):

@@ -18,7 +18,7 @@ class Prompt:
 
     `uid` is stable across runs (dataset name + row), so rollouts, resume and audits can refer to it.
     `prompt_ids` holds the token ids fed to the policy (chat template already applied), or is empty when the
-    prompt has not been tokenized yet.
+    prompt has not been tokenized yet. A chat prompt (a `messages` column) keeps its turns in `messages`.
     """
 
     uid: str
@@ -26,6 +26,7 @@ class Prompt:
     answer: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     prompt_ids: tuple[int, ...] = ()
+    messages: tuple[tuple[str, str], ...] = ()  # a chat prompt's turns (role, content); `text` is its last turn
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from rlpt.config import DataConfig
 from rlpt.data.cursor import PromptCursor
 from rlpt.data.files import DataError, read_prompts
@@ -12,10 +14,10 @@ from rlpt.types import Prompt
 __all__ = ["DataError", "PromptCursor", "TokenizedPrompts", "load_prompts", "tokenize_prompts"]
 
 
-def load_prompts(cfg: DataConfig, seed: int) -> list[Prompt]:
+def load_prompts(cfg: DataConfig, seed: int) -> Sequence[Prompt]:
     """The configured prompts (untokenized): a synthetic task or a file."""
     if cfg.path is not None:
-        return read_prompts(cfg.path, cfg.columns)
+        return read_prompts(cfg.path, cfg.columns, cfg.answer)
     if cfg.task == "arith":
         return arith_prompts(cfg.arith, seed)
     if cfg.task == "countdown":

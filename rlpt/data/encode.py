@@ -1,9 +1,15 @@
-"""Turn prompt text into policy input ids: chat template when the tokenizer has one (per config), length checks."""
+"""Turn prompts into policy input ids: the chat template when the tokenizer has one (per config; a chat prompt's
+own turns, with `data.system_prompt` added when it has no system turn), length checks against the prompt budget.
+
+`tokenize_prompts` measures every prompt once (its length decides whether it is kept) and keeps only the
+lengths: a kept prompt is tokenized again when the loop draws it, so a dataset of millions of rows costs a few
+bytes per row, not its token lists.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator, Sequence, overload
 
 from rlpt.config import DataConfig
 from rlpt.types import Prompt
@@ -13,12 +19,6 @@ class PromptTooLongError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class TokenizedPrompts:
-    prompts: list[Prompt]
-    skipped_too_long: list[str]  # uids
-
-
 def uses_chat_template(tokenizer: Any, mode: str) -> bool:
     has = bool(getattr(tokenizer, "chat_template", None))
     if mode == "always" and not has:
@@ -26,29 +26,80 @@ def uses_chat_template(tokenizer: Any, mode: str) -> bool:
     return has and mode != "never"
 
 
-def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: DataConfig) -> list[int]:
+def render(tokenizer: Any, prompt: Prompt, cfg: DataConfig) -> tuple[str, bool]:
+    """The prompt as text to tokenize, and whether the tokenizer should add its special tokens (BOS): not after a
+    chat template, which writes them itself."""
+    turns = list(prompt.messages) or [("user", prompt.text)]
+    if cfg.system_prompt and turns[0][0] != "system":
+        turns.insert(0, ("system", cfg.system_prompt))
     if uses_chat_template(tokenizer, cfg.chat_template):
-        messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-        messages.append({"role": "user", "content": prompt.text})
+        messages = [{"role": role, "content": content} for role, content in turns]
         # Render to text, then tokenize: apply_chat_template(tokenize=True) changed return types across versions.
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    text = f"{cfg.system_prompt}\n{prompt.text}" if cfg.system_prompt else prompt.text
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+    return "\n".join(content for _, content in turns), True
 
 
-def tokenize_prompts(prompts: list[Prompt], tokenizer: Any, cfg: DataConfig) -> TokenizedPrompts:
-    """Attach `prompt_ids`. Prompts over `cfg.max_prompt_tokens` are skipped and counted, or raise (config)."""
-    kept, skipped = [], []
-    for p in prompts:
-        ids = prompt_ids(tokenizer, p, cfg)
-        if len(ids) > cfg.max_prompt_tokens:
-            if cfg.on_too_long == "error":
-                raise PromptTooLongError(f"prompt {p.uid} has {len(ids)} tokens > data.max_prompt_tokens="
-                                         f"{cfg.max_prompt_tokens} (set data.on_too_long=skip to skip such prompts)")
-            skipped.append(p.uid)
-            continue
-        kept.append(replace(p, prompt_ids=tuple(ids)))
-    if not kept:
-        raise ValueError(f"all {len(prompts)} prompts are longer than data.max_prompt_tokens={cfg.max_prompt_tokens}")
-    return TokenizedPrompts(kept, skipped)
+def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: DataConfig) -> list[int]:
+    text, special = render(tokenizer, prompt, cfg)
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+class TokenizedPrompts(Sequence[Prompt]):
+    """The prompts within the budget, each with its `prompt_ids` (tokenized when accessed)."""
+
+    def __init__(self, base: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, kept: list[int],
+                 skipped_too_long: list[str], lengths: list[int]) -> None:
+        self.base, self.tokenizer, self.cfg, self.kept = base, tokenizer, cfg, kept
+        self.skipped_too_long = skipped_too_long  # uids
+        self.lengths = lengths  # tokens of every prompt, kept or not (preflight's length distribution)
+
+    @property
+    def prompts(self) -> "TokenizedPrompts":
+        return self
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    @overload
+    def __getitem__(self, i: int) -> Prompt: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Prompt]: ...
+
+    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        p = self.base[self.kept[i]]
+        return replace(p, prompt_ids=tuple(prompt_ids(self.tokenizer, p, self.cfg)))
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return (self[i] for i in range(len(self)))
+
+
+def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, budget: int,
+                     chunk: int = 4096) -> TokenizedPrompts:
+    """Measure every prompt; those over the `budget` (data.max_prompt_tokens, or what the model's context leaves:
+    rlpt.preflight) are skipped and counted, or raise (data.on_too_long: error). Measured in chunks, batched
+    through the tokenizer."""
+    kept, skipped, lengths = [], [], []
+    for start in range(0, len(prompts), chunk):
+        part = [prompts[i] for i in range(start, min(start + chunk, len(prompts)))]
+        rendered = [render(tokenizer, p, cfg) for p in part]
+        n_of = [0] * len(part)
+        for special in (True, False):
+            idx = [k for k, (_, s) in enumerate(rendered) if s is special]
+            if idx:
+                ids = tokenizer([rendered[k][0] for k in idx], add_special_tokens=special)["input_ids"]
+                for k, row in zip(idx, ids):
+                    n_of[k] = len(row)
+        for k, (p, n) in enumerate(zip(part, n_of)):
+            lengths.append(n)
+            if n > budget:
+                if cfg.on_too_long == "error":
+                    raise PromptTooLongError(f"prompt {p.uid} has {n} tokens > the prompt budget of {budget} "
+                                             f"(data.max_prompt_tokens={cfg.max_prompt_tokens}; set "
+                                             f"data.on_too_long=skip to skip such prompts)")
+                skipped.append(p.uid)
+                continue
+            kept.append(start + k)
+    return TokenizedPrompts(prompts, tokenizer, cfg, kept, skipped, lengths)

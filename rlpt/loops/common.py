@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,24 @@ def error_kind(error: str) -> str:
     return kind.strip("_") or "unknown"
 
 
+def correct_frac(scored: Sequence[ScoredRollout]) -> float | None:
+    """Share of verified-correct samples, over the samples whose correctness is known (an error row counts as not
+    correct); None when the verifier gave no correctness at all (a graded reward): unknown is not zero.
+
+    >>> from rlpt.types import Prompt, Rollout
+    >>> ro = Rollout(Prompt("p", "q"), 0, (1,), (-1.0,), "x", "stop", 0)
+    >>> correct_frac([ScoredRollout(ro, 1.0, True), ScoredRollout(ro, 0.0, None, error="timeout: x")])
+    0.5
+    >>> correct_frac([ScoredRollout(ro, 0.7, None)]) is None
+    True
+    """
+    known = [s for s in scored if s.correct is not None or s.error is not None]
+    return sum(1 for s in known if s.correct) / len(known) if known else None
+
+
 def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> dict[str, float]:
+    """Per-step sample metrics. A metric whose inputs are missing is absent, not 0: reward/std with fewer than two
+    samples, reward/correct_frac when the verifier gives no correctness (rlpt.types.Score.correct is None)."""
     n = max(len(scored), 1)
     rewards = torch.tensor([s.reward for s in scored], dtype=torch.float64)
     lengths = [len(s.rollout.response_ids_T) for s in scored]
@@ -106,11 +124,11 @@ def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> di
         if s.error is not None:
             key = f"verifier/errors/{error_kind(s.error)}"
             errors_by_kind[key] = errors_by_kind.get(key, 0.0) + 1.0
+    known = {"reward/std": float(rewards.std()) if len(scored) > 1 else None, "reward/correct_frac": correct_frac(scored)}
     return {
         **errors_by_kind,
+        **{k: v for k, v in known.items() if v is not None},
         "reward/mean": float(rewards.mean()) if scored else 0.0,
-        "reward/std": float(rewards.std()) if len(scored) > 1 else 0.0,
-        "reward/correct_frac": sum(1 for s in scored if s.correct) / n,
         "verifier/errors": float(sum(1 for s in scored if s.error is not None)),
         "tokens/generated": float(sum(lengths)),
         "response/len_mean": sum(lengths) / n,
@@ -223,17 +241,19 @@ def end_step(run: LoopRun, end: StepEnd) -> None:
         write_rollouts(run.run_dir, end.step, end.scored)
     every = cfg.run.checkpoint_every
     if (every and (end.step + 1) % every == 0) or end.step + 1 == run.total:
+        t = time.perf_counter()
         with timer.phase("checkpoint"):
             state = LoopState(end.step + 1, end.version, end.cursor, None if end.rng is None else rng_state(end.rng))
-            save_checkpoint(run.workers.learner, run.run_dir, end.step + 1, cfg.run.keep_checkpoints, state)
-    for key in ("sync/probe_max_abs_diff", "sync/retries", "logprob_gap/mean"):
-        metrics.setdefault(key, 0.0)  # nothing trained this step: no sync (see sync/skipped)
+            path = save_checkpoint(run.workers.learner, run.run_dir, end.step + 1, cfg.run.keep_checkpoints, state)
+        print(f"[rlpt] checkpoint {path.name} ({time.perf_counter() - t:.1f}s)", file=sys.stderr, flush=True)
+    # Nothing trained this step: no sync, so no sync/* or logprob_gap/* figures (absent, not 0; see sync/skipped).
     metrics["sync/skipped"] = 0.0 if end.trained else 1.0
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
     metrics.update(timer.as_metrics())
     metrics["timing/step"] = time.perf_counter() - end.t0
     rollout_s = metrics["timing/rollout"]
-    metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s if rollout_s else 0.0
+    if rollout_s:
+        metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s
     metrics["policy_version"] = float(end.version)
     metrics.update(run.workers.health.metrics())
     run.writer.write(end.step, metrics)

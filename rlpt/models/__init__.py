@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 from rlpt.config import RlptConfig
 
@@ -53,3 +53,10 @@ def load_tokenizer(path: str | Path) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked out everywhere; EOS is a safe stand-in
     return tok
+
+
+def decode_completion(tokenizer: Any, ids: Sequence[int], eos_ids: Collection[int]) -> str:
+    """The completion text the verifier sees: the sampled tokens without the EOS that ended them (any of the
+    model's EOS ids, special or not: Llama 3's <|eot_id|>, Qwen's <|im_end|>) and without special tokens."""
+    end = len(ids) - 1 if len(ids) and ids[-1] in eos_ids else len(ids)
+    return tokenizer.decode(list(ids[:end]), skip_special_tokens=True)

@@ -124,7 +124,9 @@ def test_no_signal_at_all_skips_training_but_logs(tmp_path):
     online.run(cfg, w, prompts(8, same_every=1), tmp_path, pad_id=0)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert w.learner.batches == [] and all(r["sync/skipped"] == 1.0 for r in rows)
-    assert all(set(REQUIRED) <= set(r) for r in rows)
+    # nothing trained, nothing synced: those figures are absent (unknown is not zero), the rest is there
+    untrained = {"sync/probe_max_abs_diff", "logprob_gap/mean"}
+    assert all(set(REQUIRED) - untrained <= set(r) and not untrained & set(r) for r in rows)
     assert read_rollouts(tmp_path).num_rows == 4 * 2 * 16  # 1 try + 1 resample per step, all logged
 
 
@@ -157,3 +159,20 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no complete checkpoint for any step"):
         latest_checkpoint(tmp_path)
+
+
+def test_unknown_correctness_is_absent_not_zero(tmp_path):
+    """A verifier that grades (a plug-in returning a float) gives no correctness: reward/correct_frac is absent."""
+
+    class Graded(FakeVerifier):
+        def score(self, rollouts):
+            return [ScoredRollout(r, 0.5 + 0.5 * (r.text == "1"), None) for r in rollouts]
+
+    cfg, ro, _, w = make(tmp_path, "algorithm.name=grpo")
+    w.verifier = Graded()
+    online.run(cfg, w, prompts(10), tmp_path, pad_id=0)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert all("reward/correct_frac" not in r and r["reward/mean"] > 0.5 for r in rows)
+    _, _, _, w2 = make(tmp_path / "b")
+    online.run(cfg, w2, prompts(10), tmp_path / "b", pad_id=0)
+    assert all(0.0 <= r["reward/correct_frac"] <= 1.0 for r in read_metrics(tmp_path / "b" / "metrics.jsonl"))

@@ -51,7 +51,7 @@ def nodes(out: Path) -> None:
                              "cluster.engine_resources={rlpt_rollout: 1}", "cluster.rollout.max=2",
                              "cluster.rollout.join_timeout_s=180"])
     prep = prepare(cfg, run_dir)
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     events: list[dict] = []
     state = {"joined_at": None, "remover": None}
 
@@ -151,7 +151,7 @@ def autoscale(out: Path) -> None:
         scaler([{"CPU": 1.0, "rlpt_rollout": 1.0}] * workers)  # the nodes the run starts on
         scaler._reconcile(workers)
         prep = prepare(cfg, out / f"autoscale-{run}")
-        graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts, request_resources=scaler)
+        graph = build_graph(cfg, prep, request_resources=scaler)
 
         def on_step(step: int, m: dict, graph=graph) -> None:
             scaler.reconcile()

@@ -24,7 +24,7 @@ def test_killed_engine_and_verifier_are_replaced_and_nothing_is_lost(ray_cluster
                              "verifier.num_workers=2", f"rollout.prompts_per_step={P}",
                              f"rollout.samples_per_prompt={G}"])
     prep = prepare(cfg, run_dir)
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     pool, real_generate = graph.pool, graph.pool.generate
     victims = {"engine": graph.pool.workers[0], "verifier": graph.verifier_pool.workers[1]}
     calls = {"n": 0}
@@ -69,7 +69,7 @@ def test_learner_rank_death_stops_the_run_fast_and_the_checkpoint_resumes(ray_cl
     cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-learner", "run.steps=6",
                              "run.checkpoint_every=2", "learner.num_ranks=2", "rollout.prompts_per_step=8"])
     prep = prepare(cfg, run_dir)
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     killed_at = {}
 
     def on_step(step, metrics):
@@ -107,7 +107,7 @@ def test_engine_dying_inside_the_weight_sync_is_replaced_and_the_version_sent_ag
                              f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}",
                              "sync.bucket_mb=0.05"])
     prep = prepare(cfg, run_dir)
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     learner, victim = graph.sync.learner, graph.pool.workers[0]
     real_send_refs = learner.send_refs
 

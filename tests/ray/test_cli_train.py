@@ -20,6 +20,15 @@ def test_rlpt_train_console_command(tmp_path):
     assert "reward" in res.stderr  # the live progress bar (rich, on stderr)
     assert [r["step"] for r in read_metrics(tmp_path / "cli" / "metrics.jsonl")] == [0, 1]
     assert (tmp_path / "cli" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+    # a quiet console: only rlpt's own lines (events, the progress bar); vLLM / Ray / DeepSpeed / transformers
+    # output is in the run directory's logs/
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    foreign = [ln for ln in lines if not ln.startswith(("[rlpt] ", "train "))]
+    assert not foreign, foreign[:10]
+    assert any(ln.startswith("[rlpt] preflight") for ln in lines) and any("actors up in" in ln for ln in lines)
+    logs = tmp_path / "cli" / "logs"
+    assert "vLLM" in (logs / "rollout-0.log").read_text() or "vllm" in (logs / "rollout-0.log").read_text()
+    assert (logs / "learner-rank-0.log").is_file() and (logs / "verifier-0.log").is_file()
 
 
 def test_rlpt_train_bad_config_fails_fast_with_the_key(tmp_path):

@@ -42,10 +42,11 @@ def test_loop_learns_on_the_builtin_task(ray_cluster, tiny_root, case):
     last = sum(rewards[-k:]) / k
     print(f"{case}: {len(rows)} steps in {seconds:.0f}s, reward {rewards[0]:.3f} -> last-{k} mean {last:.3f}; "
           f"curve {json.dumps({r['step']: round(r['reward/mean'], 3) for r in rows if r['step'] % 10 == 0})}")
-    for r in rows:
-        assert set(COMMON) <= set(r), set(COMMON) - set(r)
+    for r in rows:  # a round that found nothing to train on has no sync figures (sync/skipped)
+        want = set(COMMON) - ({"sync/probe_max_abs_diff", "logprob_gap/mean"} if r["sync/skipped"] else set())
+        assert want <= set(r), want - set(r)
     assert any(set(own_keys) <= set(r) for r in rows)
-    assert all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows)
+    assert all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows if not r["sync/skipped"])
     assert last >= rewards[0] + 0.3
     # the LR schedule's horizon is the optimizer steps the run really took (DeepSpeed's own step count)
     assert rows[-1]["learner/optimizer_steps"] == algorithm_of(cfg).lr_horizon(cfg)
@@ -69,7 +70,7 @@ def test_rft_restart_from_base_rebuilds_the_learner(ray_cluster, tiny_root, stag
                              "algorithm.rft.epochs=1", "algorithm.rft.restart=base", "learner.num_ranks=2",
                              f"learner.zero_stage={stage}", "learner.lr=1e-2"])
     prep = prepare(cfg, tiny_root / f"rft-base-z{stage}")
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     try:
         base = graph.workers.learner.checksums()
         rft.run(cfg, graph.workers, prep.prompts, tiny_root / f"rft-base-z{stage}", prep.tokenizer.pad_token_id)

@@ -20,7 +20,7 @@ def test_lora_trains_adapters_only_and_syncs_merged(ray_cluster, tiny_root):
                              "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]",
                              "learner.lr=5e-3"])
     prep = prepare(cfg, run_dir)
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     try:
         before = graph.workers.learner.checksums()
         assert any(k.startswith("trainable:") and "lora_" in k for k in before)

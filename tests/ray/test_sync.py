@@ -21,7 +21,7 @@ def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_ro
                              f"learner.zero_stage={stage}", "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4",
                              "learner.lr=1e-2", "sync.bucket_mb=0.05"])  # small buckets: several broadcasts
     prep = prepare(cfg, tiny_root / f"sync-zero{stage}")
-    graph = build_graph(cfg, prep.model_path, prep.tokenizer, prep.prompts)
+    graph = build_graph(cfg, prep)
     try:
         w, tol = graph.workers, cfg.sync.probe_tolerance
         assert len(graph.sync.plan.buckets) > 1

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlpt.config import ColumnMap, load_config
+from rlpt.config import ColumnMap, ConfigError, load_config
 from rlpt.data import DataError, PromptCursor, load_prompts, tokenize_prompts
 from rlpt.data.encode import PromptTooLongError
 from rlpt.data.files import read_prompts
@@ -54,13 +54,18 @@ def test_missing_column_names_file_and_columns(tmp_path):
         read_prompts(tmp_path / "d.jsonl", ColumnMap())
 
 
-def test_bad_row_names_file_row_and_column(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"prompt": "ok", "answer": "1"}\n{"prompt": "", "answer": "2"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl: row 1, column 'prompt': prompt must be a non-empty string"):
+def test_bad_row_names_file_line_and_column_one_based(tmp_path):
+    # JSONL: the 1-based line, blank lines counted as lines (they are no rows)
+    (tmp_path / "d.jsonl").write_text('{"prompt": "ok", "answer": "1"}\n\n{"prompt": "", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:3: column 'prompt': prompt must be a non-empty string"):
         read_prompts(tmp_path / "d.jsonl", ColumnMap())
     (tmp_path / "e.jsonl").write_text('{"prompt": "ok", "answer": null}\n')
-    with pytest.raises(DataError, match=r"row 0, column 'answer': answer must be a string or a number"):
+    with pytest.raises(DataError, match=r"e\.jsonl:1: column 'answer': answer must be a string or a number"):
         read_prompts(tmp_path / "e.jsonl", ColumnMap())
+    # parquet: the 1-based row, same shape of message
+    pq.write_table(pa.table({"prompt": ["a", "b", None], "answer": ["1", "2", "3"]}), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match=r"f\.parquet: row 3: column 'prompt': prompt must be a non-empty string"):
+        read_prompts(tmp_path / "f.parquet", ColumnMap())
 
 
 def test_invalid_json_names_line(tmp_path):
@@ -140,6 +145,8 @@ class CharTok:
         self.chat_template = template
 
     def __call__(self, text, add_special_tokens=True):
+        if isinstance(text, list):
+            return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
         return {"input_ids": ([1] if add_special_tokens else []) + [ord(ch) for ch in text]}
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
@@ -150,14 +157,79 @@ class CharTok:
 def test_tokenize_plain_template_and_too_long():
     cfg = load_config(None, ["data.max_prompt_tokens=8"])
     ps = [Prompt("a", "1+2="), Prompt("b", "x" * 20)]
-    res = tokenize_prompts(ps, CharTok(), cfg.data)
+    res = tokenize_prompts(ps, CharTok(), cfg.data, 8)
     assert res.prompts[0].prompt_ids == (1, *map(ord, "1+2=")) and res.skipped_too_long == ["b"]
+    assert res.lengths == [5, 21]
     cfg2 = load_config(None, ["data.max_prompt_tokens=100", "data.system_prompt=S"])
-    res2 = tokenize_prompts(ps[:1], CharTok(template="t"), cfg2.data)
+    res2 = tokenize_prompts(ps[:1], CharTok(template="t"), cfg2.data, 100)
     assert res2.prompts[0].prompt_ids == tuple(map(ord, "<system>S<user>1+2=<assistant>"))
     never = load_config(None, ["data.chat_template=never"])
-    assert tokenize_prompts(ps[:1], CharTok(template="t"), never.data).prompts[0].prompt_ids[0] == 1
+    assert tokenize_prompts(ps[:1], CharTok(template="t"), never.data, 100).prompts[0].prompt_ids[0] == 1
     with pytest.raises(PromptTooLongError, match="prompt b has 21 tokens"):
-        tokenize_prompts(ps, CharTok(), load_config(None, ["data.max_prompt_tokens=8", "data.on_too_long=error"]).data)
+        tokenize_prompts(ps, CharTok(), load_config(None, ["data.max_prompt_tokens=8", "data.on_too_long=error"]).data,
+                         8)
     with pytest.raises(ValueError, match="no chat template"):
-        tokenize_prompts(ps, CharTok(), load_config(None, ["data.chat_template=always"]).data)
+        tokenize_prompts(ps, CharTok(), load_config(None, ["data.chat_template=always"]).data, 100)
+
+
+# ---------------------------------------------------------------- data as HF datasets export it
+def test_chat_messages_column_with_and_without_a_system_turn(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2="}],
+             "answer": "3"},
+            {"messages": [{"role": "user", "content": "2+2="}], "answer": "4"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chat.parquet")  # list<struct<role, content>>
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("chat.parquet", "chat.jsonl"):
+        ps = read_prompts(tmp_path / name, ColumnMap(prompt="messages"))
+        assert [p.text for p in ps] == ["1+2=", "2+2="] and [p.answer for p in ps] == ["3", "4"]
+        assert ps[0].messages == (("system", "Be brief."), ("user", "1+2="))
+        cfg = load_config(None, ["data.system_prompt=S"]).data
+        res = tokenize_prompts(ps, CharTok(template="t"), cfg, 100)
+        # the file's own system turn is kept; data.system_prompt fills in only where there is none
+        assert res[0].prompt_ids == tuple(map(ord, "<system>Be brief.<user>1+2=<assistant>"))
+        assert res[1].prompt_ids == tuple(map(ord, "<system>S<user>2+2=<assistant>"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user"}], "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: column 'messages': prompt must be a non-empty string or a list"):
+        read_prompts(tmp_path / "bad.jsonl", ColumnMap(prompt="messages"))
+
+
+def test_gsm8k_answers_by_regex_and_math_answers_by_boxed(tmp_path):
+    gsm = [{"question": "Natalia sold 48 clips...", "answer": "She sold 48/2 = 24 in May.\n#### 72"},
+           {"question": "Weng earns $12...", "answer": "12/60 = 0.2 per minute.\n#### 10"}]
+    (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm))
+    cfg = load_config(None, ["data.task=null", f"data.path={tmp_path / 'gsm8k.jsonl'}", "data.columns.prompt=question",
+                             "data.answer.extract=regex", r"data.answer.regex='####\s*(.+)$'"])
+    assert [p.answer for p in load_prompts(cfg.data, 0)] == ["72", "10"]
+    (tmp_path / "gsm8k_bad.jsonl").write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
+    with pytest.raises(DataError, match=r"gsm8k_bad\.jsonl:1: column 'answer': data.answer.regex"):
+        read_prompts(tmp_path / "gsm8k_bad.jsonl", ColumnMap(prompt="question"), cfg.data.answer)
+    math = [{"problem": "Compute 1/2 + 1/2.", "solution": r"We add: $\frac{1}{2}+\frac{1}{2} = \boxed{1}$."},
+            {"problem": "Simplify.", "solution": r"First \boxed{2}, no: \boxed{\frac{3}{4}}"}]
+    pq.write_table(pa.Table.from_pylist(math), tmp_path / "math.parquet")
+    cfg = load_config(None, ["data.columns.prompt=problem", "data.columns.answer=solution", "data.answer.extract=boxed"])
+    assert [p.answer for p in read_prompts(tmp_path / "math.parquet", cfg.data.columns, cfg.data.answer)] == [
+        "1", r"\frac{3}{4}"]
+    with pytest.raises(ConfigError, match="data.answer.regex is needed"):
+        load_config(None, ["data.answer.extract=regex"])
+
+
+def test_nested_columns_by_dotted_path(tmp_path):
+    rows = [{"input": {"question": {"text": "3+4="}}, "target": {"value": 7}, "src": {"name": "a"}}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nested.parquet")
+    (tmp_path / "nested.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    cols = ColumnMap(prompt="input.question.text", answer="target.value", meta=("src.name",))
+    for name in ("nested.parquet", "nested.jsonl"):
+        [p] = read_prompts(tmp_path / name, cols)
+        assert (p.text, p.answer, dict(p.meta)) == ("3+4=", "7", {"src.name": "a"})
+
+
+def test_prompts_are_made_on_access_not_held(tmp_path):
+    n = 5000
+    pq.write_table(pa.table({"prompt": [f"{i}+1=" for i in range(n)], "answer": [str(i + 1) for i in range(n)]}),
+                   tmp_path / "big.parquet")
+    ps = read_prompts(tmp_path / "big.parquet", ColumnMap())
+    assert len(ps) == n and ps[n - 1].text == f"{n - 1}+1=" and ps[n - 1].uid == f"big-{n - 1}"
+    assert ps[3] == ps[3] and ps[3] is not ps[3]  # built per access, equal every time
+    res = tokenize_prompts(ps, CharTok(), load_config(None).data, budget=6)
+    assert len(res.lengths) == n and len(res) + len(res.skipped_too_long) == n  # "1000+1=" and up: 8 tokens > 6
+    assert res[0].prompt_ids == (1, *map(ord, "0+1="))

@@ -1,0 +1,74 @@
+"""Library-only preparation of a run (no Ray, no weights loaded): resolve the model, load the tokenizer, run the
+preflight (rlpt.preflight), read and tokenize the prompts against the derived prompt budget. `rlpt check` prints
+what `inspect_run` found; `rlpt train` writes it to the run directory (`prepare`) before any actor starts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rlpt.config import RlptConfig, save_config
+from rlpt.data import load_prompts, tokenize_prompts
+from rlpt.data.encode import prompt_ids, uses_chat_template
+from rlpt.models import load_tokenizer, resolve_model_path
+from rlpt.preflight import ModelFacts, PreflightError, PromptLengths, RunShape, inspect_model, run_shape
+from rlpt.types import Prompt
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    model_path: Path
+    tokenizer: Any
+    prompts: list[Prompt]
+    skipped_too_long: list[str]  # uids of the prompts over the budget
+    facts: ModelFacts
+    shape: RunShape
+    lengths: PromptLengths
+    template: str  # how prompts are rendered: the chat template (and whether a system prompt is set), or plain
+    run_dir: Path | None = None  # set by `prepare` (actor logs go under it)
+
+
+def inspect_run(cfg: RlptConfig) -> PreparedRun:
+    model_path = resolve_model_path(cfg)
+    tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
+    facts = inspect_model(model_path, tok)
+    budget = run_shape(cfg, facts, tok).prompt_budget
+    loaded = load_prompts(cfg.data, cfg.run.seed)
+    tokenized = tokenize_prompts(loaded, tok, cfg.data, budget)
+    lengths = PromptLengths.of(tokenized.lengths, budget)
+    if not tokenized.prompts:
+        raise PreflightError(f"all {len(loaded)} prompts are longer than the prompt budget of {budget} tokens "
+                             f"(data.max_prompt_tokens={cfg.data.max_prompt_tokens}, rollout.max_new_tokens="
+                             f"{cfg.rollout.max_new_tokens}, model context {facts.context_len}); the shortest has "
+                             f"{lengths.min} tokens")
+    shape = run_shape(cfg, facts, tok, tokenized.prompts[0].prompt_ids)
+    chat = uses_chat_template(tok, cfg.data.chat_template)
+    template = ("the tokenizer's chat template" + (", with data.system_prompt" if cfg.data.system_prompt else "")
+                if chat else "plain text (no chat template" + (" in the tokenizer)" if not facts.chat_template
+                                                               else ": data.chat_template=never)"))
+    return PreparedRun(model_path, tok, tokenized.prompts, tokenized.skipped_too_long, facts, shape, lengths,
+                       template)
+
+
+def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
+    """`inspect_run`, then the run directory: the resolved config and the data report."""
+    prep = replace(inspect_run(cfg), run_dir=run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    skipped = len(prep.skipped_too_long)
+    report = {"prompts": len(prep.prompts) + skipped, "kept": len(prep.prompts), "skipped_too_long": skipped,
+              "max_prompt_tokens": cfg.data.max_prompt_tokens, "prompt_budget": prep.shape.prompt_budget,
+              "context_len": prep.facts.context_len, "eos_ids": list(prep.facts.eos_ids),
+              "skipped_uids": prep.skipped_too_long[:100]}
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if skipped:
+        print(f"[rlpt] skipped {skipped} of {report['prompts']} prompts longer than the prompt budget of "
+              f"{prep.shape.prompt_budget} tokens (data.max_prompt_tokens={cfg.data.max_prompt_tokens}; see "
+              f"{run_dir / 'data_report.json'})", file=sys.stderr)
+    return prep
+
+
+__all__ = ["PreparedRun", "inspect_run", "prepare", "prompt_ids"]
