@@ -69,7 +69,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         pass
     else:
         check_engine_support(prep.facts.architecture)
-    say(out, report(prep.facts, prep.shape, prep.lengths, cfg, prep.template))
+    say(out, report(prep.facts, prep.shape, prep.lengths, cfg, prep.template, prep.warnings))
     say(out, "ok: the model, tokenizer, data and config fit together")
     return 0
 

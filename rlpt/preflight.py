@@ -55,6 +55,15 @@ class ModelFacts:
     chat_template: bool
 
 
+def round_trip(tokenizer: Any, text: str) -> str | None:
+    """None when decode(encode(text)) gives the text back (what the verifier will see of a completion), else the
+    text it gives: a tokenizer that does not round-trip (a WordLevel tokenizer without a decoder joins tokens with
+    spaces) makes verifiers see other text than the model wrote."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    back = tokenizer.decode(ids, skip_special_tokens=True)
+    return None if back.strip() == text.strip() else back
+
+
 @dataclass(frozen=True)
 class RunShape:
     """The run's derived lengths: prompt budget, engine max_model_len, and the sync probe."""
@@ -211,7 +220,8 @@ class PromptLengths:
                              s[-1], sum(1 for n in s if n > budget))
 
 
-def report(facts: ModelFacts, shape: RunShape, lengths: PromptLengths, cfg: RlptConfig, template: str) -> str:
+def report(facts: ModelFacts, shape: RunShape, lengths: PromptLengths, cfg: RlptConfig, template: str,
+           warnings: Sequence[str] = ()) -> str:
     """What `rlpt check` prints."""
     return "\n".join([
         f"model        {facts.path}",
@@ -219,7 +229,7 @@ def report(facts: ModelFacts, shape: RunShape, lengths: PromptLengths, cfg: Rlpt
         f"{facts.tokenizer_size} tokens",
         f"context      {facts.context_len} tokens ({facts.context_source})",
         f"lengths      prompt budget {shape.prompt_budget} (data.max_prompt_tokens="
-        f"{cfg.data.max_prompt_tokens}) + rollout.max_new_tokens={cfg.rollout.max_new_tokens}; engine max_model_len "
+        f"{'null' if cfg.data.max_prompt_tokens is None else cfg.data.max_prompt_tokens}) + rollout.max_new_tokens={cfg.rollout.max_new_tokens}; engine max_model_len "
         f"{shape.max_model_len}",
         f"EOS ids      {list(facts.eos_ids)} (generation stops on each; cut from completions)",
         f"pad id       {facts.pad_id}{' (= EOS: the tokenizer has no pad token)' if facts.pad_is_eos else ''}",
@@ -228,4 +238,5 @@ def report(facts: ModelFacts, shape: RunShape, lengths: PromptLengths, cfg: Rlpt
         f"max {lengths.max}; {lengths.over_budget} over the budget "
         f"({'skipped' if cfg.data.on_too_long == 'skip' else 'an error: data.on_too_long=error'})",
         f"sync probe   {len(shape.probe_ids)} tokens",
+        *(f"warning      {w}" for w in warnings),
     ])

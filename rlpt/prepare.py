@@ -14,7 +14,8 @@ from rlpt.config import RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.data.encode import prompt_ids, uses_chat_template
 from rlpt.models import load_tokenizer, resolve_model_path
-from rlpt.preflight import ModelFacts, PreflightError, PromptLengths, RunShape, inspect_model, run_shape
+from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, inspect_model, round_trip,
+                            run_shape)
 from rlpt.types import Prompt
 
 
@@ -28,6 +29,7 @@ class PreparedRun:
     shape: RunShape
     lengths: PromptLengths
     template: str  # how prompts are rendered: the chat template (and whether a system prompt is set), or plain
+    warnings: tuple[str, ...] = ()  # what preflight found suspicious but not impossible
     run_dir: Path | None = None  # set by `prepare` (actor logs go under it)
 
 
@@ -47,10 +49,15 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
     shape = run_shape(cfg, facts, tok, tokenized.prompts[0].prompt_ids)
     chat = uses_chat_template(tok, cfg.data.chat_template)
     template = ("the tokenizer's chat template" + (", with data.system_prompt" if cfg.data.system_prompt else "")
-                if chat else "plain text (no chat template" + (" in the tokenizer)" if not facts.chat_template
-                                                               else ": data.chat_template=never)"))
+                if chat else "plain text" + (" (the tokenizer has no template)" if not facts.chat_template
+                                             else " (data.chat_template=never)"))
+    first = tokenized.prompts[0].text
+    back = round_trip(tok, first)
+    warnings = () if back is None else (
+        f"the tokenizer does not give text back: {first[:60]!r} -> ids -> {back[:60]!r}; verifiers would see "
+        f"completions that way (a WordLevel tokenizer needs a decoder, e.g. tokenizers.decoders.Fuse())",)
     return PreparedRun(model_path, tok, tokenized.prompts, tokenized.skipped_too_long, facts, shape, lengths,
-                       template)
+                       template, warnings)
 
 
 def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
@@ -64,6 +71,8 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
               "context_len": prep.facts.context_len, "eos_ids": list(prep.facts.eos_ids),
               "skipped_uids": prep.skipped_too_long[:100]}
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    for w in prep.warnings:
+        print(f"[rlpt] warning: {w}", file=sys.stderr)
     if skipped:
         print(f"[rlpt] skipped {skipped} of {report['prompts']} prompts longer than the prompt budget of "
               f"{prep.shape.prompt_budget} tokens (data.max_prompt_tokens={cfg.data.max_prompt_tokens}; see "

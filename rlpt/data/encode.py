@@ -8,7 +8,8 @@ bytes per row, not its token lists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from array import array
+from dataclasses import replace
 from typing import Any, Iterator, Sequence, overload
 
 from rlpt.config import DataConfig
@@ -47,8 +48,8 @@ def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: DataConfig) -> list[int]:
 class TokenizedPrompts(Sequence[Prompt]):
     """The prompts within the budget, each with its `prompt_ids` (tokenized when accessed)."""
 
-    def __init__(self, base: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, kept: list[int],
-                 skipped_too_long: list[str], lengths: list[int]) -> None:
+    def __init__(self, base: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, kept: Sequence[int],
+                 skipped_too_long: list[str], lengths: Sequence[int]) -> None:
         self.base, self.tokenizer, self.cfg, self.kept = base, tokenizer, cfg, kept
         self.skipped_too_long = skipped_too_long  # uids
         self.lengths = lengths  # tokens of every prompt, kept or not (preflight's length distribution)
@@ -81,7 +82,8 @@ def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: Any, cfg: DataConfig,
     """Measure every prompt; those over the `budget` (data.max_prompt_tokens, or what the model's context leaves:
     rlpt.preflight) are skipped and counted, or raise (data.on_too_long: error). Measured in chunks, batched
     through the tokenizer."""
-    kept, skipped, lengths = [], [], []
+    kept, lengths = array("q"), array("i")  # 12 bytes a row, however large the file
+    skipped: list[str] = []
     for start in range(0, len(prompts), chunk):
         part = [prompts[i] for i in range(start, min(start + chunk, len(prompts)))]
         rendered = [render(tokenizer, p, cfg) for p in part]

@@ -159,12 +159,14 @@ class PromptFile(Sequence[Prompt]):
                     raise DataError(f"{self.where(row, c.id)}: duplicate id {str(value)!r}")
                 seen.add(str(value))
 
-    def _values(self, column: str) -> Iterator[tuple[int, Any]]:
+    def _values(self, column: str, block: int = 65536) -> Iterator[tuple[int, Any]]:
+        """(row, value) pairs, converted to Python a block at a time (an Arrow chunk may hold the whole file)."""
         row = 0
         for chunk in self.cols[column].chunks:
-            for value in chunk.to_pylist():
-                yield row, value
-                row += 1
+            for start in range(0, len(chunk), block):
+                for value in chunk.slice(start, block).to_pylist():
+                    yield row, value
+                    row += 1
 
     # ---------------------------------------------------------------------------------------- one row
     def _prompt(self, value: Any, row: int) -> tuple[str, tuple[tuple[str, str], ...]]:

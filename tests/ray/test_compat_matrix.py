@@ -29,7 +29,7 @@ FAST = [
     Cell("qwen2.5", "byte-bpe", "chatml"),  # qkv bias, tied embeddings, two EOS ids
     Cell("qwen3", "byte-bpe", "chatml"),  # q/k norm
     Cell("mistral", "spm32k-inst", "inst"),  # SentencePiece with byte fallback and control tokens
-    Cell("llama", "char", "plain", positions=64),  # the plain-transformers regression: 64 positions, char vocab
+    Cell("llama", "char", "plain", positions=64),  # the user: 64 positions, char vocab, a float plug-in
     Cell("phi3", "spm32k", "plain"),  # fused qkv / gate_up
 ]
 FULL = FAST + [
@@ -68,18 +68,22 @@ def test_cell(ray_cluster, tmp_path, cell):
         f"model.path={model_dir}", "data.task=null", f"data.path={tmp_path / 'data.jsonl'}",
         *(["data.columns.prompt=messages"] if chat else []), f"run.root={tmp_path}", f"run.name={cell.name}",
         "run.steps=3", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
-        "algorithm.grpo.beta=0", "learner.micro_batch_size=8", "run.tensorboard=false"])
+        "algorithm.grpo.beta=0", "learner.micro_batch_size=8", "run.tensorboard=false",
+        # the user brought a plug-in verifier that returns a float (no correctness)
+        *(["verifier.name=tests.unit.plugins_fixture:float_reward"] if cell.tokenizer == "char" else [])])
     # preflight: context from the model, every declared EOS id, the chat template used; default data settings
     prep = inspect_run(cfg)
     declared = TEMPLATE_TOKENS[cell.template][1]
     want_eos = [prep.tokenizer.convert_tokens_to_ids(t) for t in declared] or [prep.tokenizer.eos_token_id]
     assert list(prep.facts.eos_ids) == want_eos and prep.facts.context_len == cell.positions
     assert prep.shape.prompt_budget == cell.positions - 8 and len(prep.shape.probe_ids) <= cell.positions
-    assert ("chat template" in prep.template) == chat and len(prep.prompts) == 32
+    assert prep.template.startswith("the tokenizer's chat template") == chat and len(prep.prompts) == 32
     # 3 GRPO steps on the real graph, the probe within tolerance after every sync
     train(cfg, tmp_path / cell.name)
     rows = read_metrics(tmp_path / cell.name / "metrics.jsonl")
     assert len(rows) == 3 and all(r["sync/probe_max_abs_diff"] < cfg.sync.probe_tolerance for r in rows), rows
+    if cell.tokenizer == "char":  # unknown correctness is absent, not 0.0
+        assert all("reward/correct_frac" not in r and r["reward/mean"] >= 0.25 for r in rows)
     # the checkpoint reloads in transformers and in vLLM, with the same logprobs
     ckpt = tmp_path / cell.name / "checkpoints" / "step_000003"
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)

@@ -159,7 +159,7 @@ def test_tokenize_plain_template_and_too_long():
     ps = [Prompt("a", "1+2="), Prompt("b", "x" * 20)]
     res = tokenize_prompts(ps, CharTok(), cfg.data, 8)
     assert res.prompts[0].prompt_ids == (1, *map(ord, "1+2=")) and res.skipped_too_long == ["b"]
-    assert res.lengths == [5, 21]
+    assert list(res.lengths) == [5, 21]
     cfg2 = load_config(None, ["data.max_prompt_tokens=100", "data.system_prompt=S"])
     res2 = tokenize_prompts(ps[:1], CharTok(template="t"), cfg2.data, 100)
     assert res2.prompts[0].prompt_ids == tuple(map(ord, "<system>S<user>1+2=<assistant>"))

@@ -123,3 +123,14 @@ def test_a_tokenizer_bigger_than_the_embedding_is_an_error(char64, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PreflightError, match="architecture BertModel .* is not a causal language model"):
         inspect_model(d, load_tokenizer(d))
+
+
+def test_a_tokenizer_that_does_not_give_text_back_is_reported(char64, tmp_path):
+    from tokenizers import decoders
+
+    from rlpt.preflight import round_trip
+
+    tok = load_tokenizer(char64)
+    assert round_trip(tok, "größe 3+4=7") is None
+    tok.backend_tokenizer.decoder = decoders.WordPiece()  # joins tokens with spaces, like a bare WordLevel
+    assert round_trip(tok, "3+4=7") == "3 + 4 = 7"
