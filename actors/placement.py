@@ -70,11 +70,12 @@ def init_ray(cfg: RlptConfig) -> str:
 
 def console_options(cfg: RlptConfig) -> dict[str, Any]:
     """ray.init options for the console: with run.log_level quiet, no actor output streamed to the driver (it is in
-    <run dir>/logs/) and none of Ray's own INFO lines."""
+    <run dir>/logs/) and only Ray's errors (its INFO and WARNING lines, e.g. the token-auth notice, stay in Ray's
+    session log files)."""
     import logging
 
     verbose = cfg.run.log_level == "verbose"
-    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
 
 
 def local_custom_resources(cfg: RlptConfig) -> dict[str, float]:

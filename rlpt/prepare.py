@@ -12,7 +12,7 @@ from typing import Any
 
 from rlpt.config import RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
-from rlpt.data.encode import prompt_ids, uses_chat_template
+from rlpt.data.encode import uses_chat_template
 from rlpt.models import load_tokenizer, resolve_model_path
 from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, inspect_model, round_trip,
                             run_shape)
@@ -80,4 +80,4 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
     return prep
 
 
-__all__ = ["PreparedRun", "inspect_run", "prepare", "prompt_ids"]
+__all__ = ["PreparedRun", "inspect_run", "prepare"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import replace
-from typing import Any, Iterator, Sequence, overload
+from typing import Any, Sequence
 
 from rlpt.config import DataConfig
+from rlpt.data.lazy import LazyPrompts
 from rlpt.types import Prompt
 
 
@@ -45,7 +46,7 @@ def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: DataConfig) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-class TokenizedPrompts(Sequence[Prompt]):
+class TokenizedPrompts(LazyPrompts):
     """The prompts within the budget, each with its `prompt_ids` (tokenized when accessed)."""
 
     def __init__(self, base: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, kept: Sequence[int],
@@ -61,20 +62,9 @@ class TokenizedPrompts(Sequence[Prompt]):
     def __len__(self) -> int:
         return len(self.kept)
 
-    @overload
-    def __getitem__(self, i: int) -> Prompt: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Prompt]: ...
-
-    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def make(self, i: int) -> Prompt:
         p = self.base[self.kept[i]]
         return replace(p, prompt_ids=tuple(prompt_ids(self.tokenizer, p, self.cfg)))
-
-    def __iter__(self) -> Iterator[Prompt]:
-        return (self[i] for i in range(len(self)))
 
 
 def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: Any, cfg: DataConfig, budget: int,

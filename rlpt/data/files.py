@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence, overload
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from rlpt.config import AnswerConfig, ColumnMap
+from rlpt.data.lazy import LazyPrompts
 from rlpt.types import Prompt
 
 
@@ -115,7 +116,7 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-class PromptFile(Sequence[Prompt]):
+class PromptFile(LazyPrompts):
     """The rows of one prompt file as Prompts, made when accessed; every column is checked when the file is read."""
 
     def __init__(self, path: str | Path, columns: ColumnMap, answer: AnswerConfig | None = None) -> None:
@@ -209,15 +210,7 @@ class PromptFile(Sequence[Prompt]):
     def __len__(self) -> int:
         return len(self.cols[self.columns.prompt])
 
-    @overload
-    def __getitem__(self, i: int) -> Prompt: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Prompt]: ...
-
-    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def make(self, i: int) -> Prompt:
         c = self.columns
         text, turns = self._prompt(self.cols[c.prompt][i].as_py(), i)
         answer = None if c.answer is None else self._answer(self.cols[c.answer][i].as_py(), i)

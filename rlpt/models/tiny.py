@@ -101,7 +101,13 @@ def init_tiny(out: str | Path, arch: Arch = "llama", size: Size = "tiny", seed: 
         eos_id = tokenizer.convert_tokens_to_ids(EOS)
         model = build_model(arch, size, len(tokenizer), eos_id, seed)
         model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=eos_id)
-        model.save_pretrained(tmp, safe_serialization=True)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars would break the quiet console
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            hf_logging.enable_progress_bar()
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, out)
     except BaseException:
