@@ -66,6 +66,7 @@ def test_final_checkpoint_loads_in_transformers_and_vllm(default_runs, ray_clust
     from actors.rollout import RolloutWorker, engine_options
     from rlpt.algorithms.common import token_logprobs
     from rlpt.models import load_tokenizer
+    from rlpt.preflight import inspect_model, run_shape
 
     cfg, run_dir, _ = default_runs[0]
     ckpt = run_dir / "checkpoints" / f"step_{cfg.run.steps:06d}"
@@ -74,8 +75,10 @@ def test_final_checkpoint_loads_in_transformers_and_vllm(default_runs, ray_clust
     ids = load_tokenizer(ckpt)("3+4=7", add_special_tokens=True)["input_ids"]
     with torch.no_grad():
         want = token_logprobs(model(torch.tensor([ids])).logits, torch.tensor([ids]))[0, 1:]
-    engine = ray_cluster.remote(RolloutWorker).options(num_cpus=1).remote("ckpt", engine_options(cfg, str(ckpt)),
-                                                                         str(ckpt))
+    tok = load_tokenizer(ckpt)
+    facts = inspect_model(ckpt, tok)  # the checkpoint is a model directory like any other: preflight reads it
+    opts = engine_options(cfg, str(ckpt), run_shape(cfg, facts, tok).max_model_len, facts.eos_ids)
+    engine = ray_cluster.remote(RolloutWorker).options(num_cpus=1).remote("ckpt", opts, str(ckpt))
     try:
         got = torch.tensor(ray_cluster.get(engine.probe.remote(ids), timeout=300))
     finally:
