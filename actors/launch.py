@@ -27,7 +27,7 @@ from rlpt.config import RlptConfig
 from rlpt.loops import dpo, online, rft
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.metrics import truncate_metrics
-from rlpt.prepare import PreparedRun, prepare
+from rlpt.prepare import PreparedRun, event, prepare
 
 LOOPS: dict[LoopKind, Callable[..., None]] = {
     LoopKind.ONLINE: online.run,
@@ -198,20 +198,18 @@ def resume_hint(run_dir: Path) -> str:
 
 
 def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, resume: bool = False,
-          from_step: int | None = None) -> float:
+          from_step: int | None = None, prep: PreparedRun | None = None) -> float:
     """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
-    seconds. Actors are torn down even on errors. The preflight runs first: a setup that cannot work fails before
-    Ray is even imported."""
+    seconds. Actors are torn down even on errors. The preflight runs first (here, or by the caller, which passes
+    its `prep`): a setup that cannot work fails before Ray is even imported."""
     start = time.perf_counter()
     state, ckpt = None, None
     if resume:
         ckpt = latest_checkpoint(run_dir, from_step)
         state = LoopState.read(ckpt / "loop_state.json")
-    prep = prepare(cfg, run_dir)
+    if prep is None:
+        prep = prepare(cfg, run_dir)
     check_engine_support(prep.facts.architecture)
-    f = prep.facts
-    event(f"preflight {time.perf_counter() - start:.1f}s: {f.architecture}, context {f.context_len}, prompt budget "
-          f"{prep.shape.prompt_budget}, EOS {list(f.eos_ids)}, {len(prep.prompts)} prompts")
     import ray
 
     started_ray = not ray.is_initialized()
@@ -232,7 +230,3 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         event(f"shut down in {time.perf_counter() - t:.1f}s")
     return time.perf_counter() - start
 
-
-def event(text: str) -> None:
-    """A one-line rlpt event on the console (stderr, above the progress bar)."""
-    print(f"[rlpt] {text}", file=sys.stderr, flush=True)

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from rlpt.config import ConfigError, RlptConfig, dump_config, load_config
-from rlpt.errors import RunFault, UsageError
+from rlpt.config import RlptConfig, dump_config, load_config
+from rlpt.errors import RunFault, SetupError, UsageError
 
 err = Console(stderr=True)
 out = Console()
@@ -97,11 +97,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_train(ns: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    try:
-        from actors.launch import train
-    except ImportError as e:
-        raise UsageError(f"rlpt train needs the actor stack (ray, vllm, deepspeed): {e}") from None
-    from rlpt.loops.common import total_steps
+    from rlpt.prepare import prepare
 
     if ns.resume:
         run_dir = Path(ns.resume)
@@ -114,6 +110,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         cfg = _load(ns.args)
         run_dir = Path(ns.run_dir) if ns.run_dir else Path(cfg.run.root) / cfg.run.name
+    # The preflight runs before the actor stack is imported (torch, Ray, DeepSpeed): a setup that cannot work fails
+    # in about a second. A resumed run checks its checkpoint first (actors.launch.train prepares it then).
+    prep = None if ns.resume else prepare(cfg, run_dir)
+    try:
+        from actors.launch import train
+    except ImportError as e:
+        raise UsageError(f"rlpt train needs the actor stack (ray, vllm, deepspeed): {e}") from None
+    from rlpt.loops.common import total_steps
+
     steps = total_steps(cfg)
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]:.3f}"),
                TextColumn("step {task.fields[t]:.2f}s"), TimeElapsedColumn())
@@ -127,7 +132,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
 
     try:
-        seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step)
+        seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step, prep=prep)
     finally:
         bar.stop()
     out.print(f"trained {steps} {cfg.algorithm.name} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")
@@ -252,17 +257,10 @@ def _address_arg(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rlpt.data import DataError
-    from rlpt.data.encode import PromptTooLongError
-    from rlpt.models import ModelPathError
-    from rlpt.preflight import PreflightError
-    from rlpt.verifiers.plugin import VerifierLoadError
-
     ns = build_parser().parse_args(argv)
     try:
         return int(ns.fn(ns))
-    except (ConfigError, UsageError, DataError, PromptTooLongError, ModelPathError, PreflightError, VerifierLoadError,
-            FileExistsError, FileNotFoundError, NotImplementedError) as e:
+    except (SetupError, FileExistsError, FileNotFoundError, NotImplementedError) as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         return 2
     except RunFault as e:  # a fault the run could not survive: the message names the actor and the phase

@@ -20,11 +20,13 @@ from typing import Annotated, Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlpt.errors import SetupError
+
 StrTuple = Annotated[tuple[str, ...], Field(strict=False)]  # YAML gives lists; we store tuples (immutable)
 IntTuple = Annotated[tuple[int, ...], Field(strict=False)]
 
 
-class ConfigError(ValueError):
+class ConfigError(SetupError):
     """A config problem, with every offending key path in the message."""
 
 

@@ -9,5 +9,11 @@ class RunFault(RuntimeError):
     """A runtime fault of the actor graph that ends the run; subclasses name the kind (LearnerRankLost, ...)."""
 
 
-class UsageError(ValueError):
+class SetupError(ValueError):
+    """The user's setup (config, data, model directory, plug-in, command line) cannot make a run: the message names
+    the key, file and line or path. The CLI catches this class once and prints `error: message` (exit 2), so it
+    never has to import the modules that raise it (which keeps a failing preflight fast)."""
+
+
+class UsageError(SetupError):
     """A command line that cannot be carried out as given (exit 2, the message says what to change)."""

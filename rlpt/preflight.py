@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlpt.config import RlptConfig
+from rlpt.errors import SetupError
 
 # vLLM derives the context from the smallest of these config.json keys (vllm/transformers_utils, 0.32).
 LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
@@ -34,7 +35,7 @@ PROBE_TEXT = " 12 34 the answer"
 PROBE_MAX_TOKENS = 64
 
 
-class PreflightError(ValueError):
+class PreflightError(SetupError):
     """The model, tokenizer and config cannot make a run; the message names the keys and the numbers."""
 
 
@@ -171,19 +172,35 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-def run_shape(cfg: RlptConfig, facts: ModelFacts, tokenizer: Any, first_prompt_ids: Sequence[int] = ()) -> RunShape:
-    """Prompt budget and engine length for this config and model; an error naming the keys when they cannot fit."""
+def prompt_budget(cfg: RlptConfig, context: int, source: str) -> int:
+    """The prompt budget this config leaves in a context of `context` tokens; an error naming the keys and the
+    numbers when they cannot fit."""
     new = cfg.rollout.max_new_tokens
-    context = facts.context_len
     if new >= context:
         raise PreflightError(f"rollout.max_new_tokens={new} leaves no room for a prompt in the model's context of "
-                             f"{context} tokens ({facts.context_source})")
+                             f"{context} tokens ({source})")
     budget = cfg.data.max_prompt_tokens if cfg.data.max_prompt_tokens is not None else context - new
     if budget + new > context:
         raise PreflightError(f"data.max_prompt_tokens={budget} + rollout.max_new_tokens={new} = {budget + new} "
-                             f"exceeds the model's context of {context} tokens ({facts.context_source}): lower "
+                             f"exceeds the model's context of {context} tokens ({source}): lower "
                              f"data.max_prompt_tokens to at most {context - new} (or leave it unset: null = what "
                              f"the context leaves)")
+    return budget
+
+
+def check_lengths(cfg: RlptConfig, model_dir: Path) -> int:
+    """The length check from the JSON files alone, before the tokenizer (transformers) is even imported: a run that
+    cannot fit fails in about a second. Returns the prompt budget."""
+    config = _read_json(model_dir / "config.json")
+    if not config:
+        raise PreflightError(f"model.path={str(model_dir)!r}: no config.json there")
+    return prompt_budget(cfg, *context_length(config, _read_json(model_dir / "tokenizer_config.json")))
+
+
+def run_shape(cfg: RlptConfig, facts: ModelFacts, tokenizer: Any, first_prompt_ids: Sequence[int] = ()) -> RunShape:
+    """Prompt budget and engine length for this config and model; an error naming the keys when they cannot fit."""
+    new, context = cfg.rollout.max_new_tokens, facts.context_len
+    budget = prompt_budget(cfg, context, facts.context_source)
     return RunShape(prompt_budget=budget, max_model_len=min(context, budget + new + 1),
                     probe_ids=probe_ids(tokenizer, first_prompt_ids, min(context, budget + new)))
 

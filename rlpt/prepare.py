@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from rlpt.config import RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.data.encode import uses_chat_template
 from rlpt.models import load_tokenizer, resolve_model_path
-from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, inspect_model, round_trip,
-                            run_shape)
+from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, check_lengths, inspect_model,
+                            round_trip, run_shape)
 from rlpt.types import Prompt
 
 
@@ -35,6 +36,7 @@ class PreparedRun:
 
 def inspect_run(cfg: RlptConfig) -> PreparedRun:
     model_path = resolve_model_path(cfg)
+    check_lengths(cfg, model_path)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
     facts = inspect_model(model_path, tok)
     budget = run_shape(cfg, facts, tok).prompt_budget
@@ -60,8 +62,15 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
                        template, warnings)
 
 
+def event(text: str) -> None:
+    """A one-line rlpt event on the console (stderr, above the progress bar)."""
+    print(f"[rlpt] {text}", file=sys.stderr, flush=True)
+
+
 def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
-    """`inspect_run`, then the run directory: the resolved config and the data report."""
+    """`inspect_run`, then the run directory: the resolved config and the data report; one event line says what
+    the preflight found and how long it took."""
+    start = time.perf_counter()
     prep = replace(inspect_run(cfg), run_dir=run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -77,7 +86,10 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
         print(f"[rlpt] skipped {skipped} of {report['prompts']} prompts longer than the prompt budget of "
               f"{prep.shape.prompt_budget} tokens (data.max_prompt_tokens={cfg.data.max_prompt_tokens}; see "
               f"{run_dir / 'data_report.json'})", file=sys.stderr)
+    f = prep.facts
+    event(f"preflight {time.perf_counter() - start:.1f}s: {f.architecture}, context {f.context_len}, prompt budget "
+          f"{prep.shape.prompt_budget}, EOS {list(f.eos_ids)}, {len(prep.prompts)} prompts")
     return prep
 
 
-__all__ = ["PreparedRun", "inspect_run", "prepare"]
+__all__ = ["PreparedRun", "event", "inspect_run", "prepare"]

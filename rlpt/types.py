@@ -7,9 +7,10 @@ Every arrow in the data flow is one of these dataclasses; none is a dict of stri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing torch here would cost every `rlpt` command ~1.5 s
+    import torch
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 from rlpt.config import DataConfig
 from rlpt.data.lazy import LazyPrompts
+from rlpt.errors import SetupError
 from rlpt.types import Prompt
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(SetupError):
     pass
 
 

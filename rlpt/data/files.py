@@ -26,10 +26,11 @@ import pyarrow.parquet as pq
 
 from rlpt.config import AnswerConfig, ColumnMap
 from rlpt.data.lazy import LazyPrompts
+from rlpt.errors import SetupError
 from rlpt.types import Prompt
 
 
-class DataError(ValueError):
+class DataError(SetupError):
     """Bad or missing prompt data; the message names the file, the 1-based line or row, and the column."""
 
 

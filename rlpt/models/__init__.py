@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Collection, Sequence
 
 from rlpt.config import RlptConfig
+from rlpt.errors import SetupError
 
 
-class ModelPathError(ValueError):
+class ModelPathError(SetupError):
     pass
 
 

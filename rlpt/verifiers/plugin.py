@@ -21,12 +21,13 @@ import math
 import numbers
 from typing import Any, Callable
 
+from rlpt.errors import SetupError
 from rlpt.types import Prompt, Score
 
 Verifier = Callable[[Prompt, str], Score]
 
 
-class VerifierLoadError(ValueError):
+class VerifierLoadError(SetupError):
     """A verifier spec could not be turned into a callable verifier; the message says which part failed."""
 
 
