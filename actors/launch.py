@@ -50,13 +50,15 @@ class RemoteReference:
 
 @dataclass(frozen=True)
 class GraphHealth:
-    """HealthService: the fleet's metrics (faults/rollout_restarts, fleet/*) and the verifier pool's restarts."""
+    """HealthService: the fleet's metrics (faults/rollout_restarts, fleet/*), the verifier pool's restarts, and the
+    engines' own generate time of the step (timing/rollout_engine: the rest of timing/rollout is overhead)."""
 
     fleet: Fleet
     verifiers: VerifierPool
 
     def metrics(self) -> dict[str, float]:
-        return {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts)}
+        return {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
+                **self.fleet.pool.take_engine_metrics()}
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Graph:
     sync: EngineSync
     placement_group: Any
     fleet: Fleet
+    threads: dict[str, int]  # torch threads each actor reports it computes with (learner rank 0, engines, reference)
 
     @property
     def engines(self) -> list[Any]:
@@ -85,6 +88,7 @@ class Factories:
 
     cfg: RlptConfig
     prep: PreparedRun
+    threads: int = 1  # torch threads of learner ranks, engines and the reference (placement.actor_threads)
 
     @property
     def model_path(self) -> str:
@@ -99,13 +103,15 @@ class Factories:
     def learner_rank(self, pg: Any, k: int) -> Any:
         import ray
 
-        return ray.remote(LearnerRank).options(**placement.learner_options(self.cfg, pg, k)).remote(
+        return ray.remote(LearnerRank).options(**placement.learner_options(self.cfg, pg, k),
+                                        runtime_env=placement.thread_env(self.threads)).remote(
             k, self.cfg.learner.num_ranks, self.cfg, self.model_path, self.log_dir)
 
     def engine(self, name: str) -> Any:
         import ray
 
-        return ray.remote(RolloutWorker).options(**placement.engine_options(self.cfg)).remote(
+        return ray.remote(RolloutWorker).options(**placement.engine_options(self.cfg),
+                                          runtime_env=placement.thread_env(self.threads)).remote(
             name, engine_options(self.cfg, self.model_path, self.prep.shape.max_model_len, self.prep.facts.eos_ids),
             self.model_path, self.log_dir)
 
@@ -120,7 +126,8 @@ class Factories:
         import ray
 
         c = self.cfg
-        return ray.remote(ReferenceActor).options(**placement.reference_options(c)).remote(
+        return ray.remote(ReferenceActor).options(**placement.reference_options(c),
+                                           runtime_env=placement.thread_env(self.threads)).remote(
             self.model_path, c.model.dtype, c.rollout.temperature, c.learner.micro_batch_size, self.log_dir)
 
 
@@ -131,7 +138,7 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     import ray
 
     placement.init_ray(cfg)
-    algo, make, T = algorithm_of(cfg), Factories(cfg, prep), cfg.run.actor_timeout_s
+    algo, make, T = algorithm_of(cfg), Factories(cfg, prep, placement.actor_threads(cfg)), cfg.run.actor_timeout_s
     K, N, M = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
     # Start everything at once: engine and DeepSpeed start-up dominate and overlap.
     pg = placement.learner_placement_group(cfg, T)
@@ -145,6 +152,9 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, algo.lr_horizon(cfg)) for r in ranks]
     gather("start-up", setups + [e.ping.remote() for e in engines] + [v.ping.remote() for v in verifiers],
            [f"learner rank {k}" for k in range(K)] + names + vnames, T)
+    threaded = [ranks[0], *engines, *([reference] if reference is not None else [])]
+    labels = ["learner", *names, *(["reference"] if reference is not None else [])]
+    threads = dict(zip(labels, gather("threads", [a.threads.remote() for a in threaded], labels, T)))
     learner = LearnerGroup(ranks, layout, cfg, prep.facts.pad_id, T)
     pool = RolloutPool(engines, names, T)
     fleet = Fleet(cfg, pool, make.engine, T, request_resources)
@@ -152,12 +162,12 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
                                 reference if use is ReferenceUse.FOLLOWS_POLICY else None)
     membership.form()
     syncer = EngineSync(learner, membership, learner.sync_plan(), prep.shape.probe_ids, cfg.sync.probe_tolerance,
-                        cfg.sync.timeout_s + 30)
+                        cfg.sync.timeout_s + 30, cfg.sync.probe_every)
     vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make.verifier,
                          max_restarts=cfg.verifier.max_restarts)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer, health=GraphHealth(fleet, vpool),
                       reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet)
+    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet, threads)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -219,7 +229,8 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         graph = build_graph(cfg, prep)
         event(f"actors up in {time.perf_counter() - t:.1f}s: {cfg.learner.num_ranks} learner rank(s), "
               f"{len(graph.pool.workers)} engine(s), {len(graph.verifier_pool.workers)} verifier(s)"
-              f"{', a reference' if graph.reference is not None else ''}"
+              f"{', a reference' if graph.reference is not None else ''}; torch threads "
+              f"{', '.join(f'{k} {v}' for k, v in graph.threads.items())}"
               f"{'; actor logs in ' + str(run_dir / 'logs') if cfg.run.log_level == 'quiet' else ''}")
         run_on_graph(cfg, graph, prep, run_dir, on_step, state, ckpt)
     finally:

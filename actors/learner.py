@@ -61,6 +61,9 @@ class LearnerRank:
         self.group: WeightGroup | None = None
         self.plan: SyncPlan | None = None
 
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for the torch.distributed rendezvous (asked of rank 0)."""
         import socket

@@ -33,6 +33,9 @@ class ReferenceActor:
     def ping(self) -> str:
         return "reference"
 
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
     def join_sync(self, spec, rank_base: int) -> list[int]:
         from actors.weight_sync import WeightGroup
 

@@ -149,14 +149,24 @@ class RolloutWorker:
     def ping(self) -> str:
         return self.name
 
-    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec
+                 ) -> tuple[list[Rollout], float]:
+        """The chunk's rollouts, and the seconds spent inside the engine's generate (the rest of the pool's wall
+        time is Ray, pickling and this adapter: `timing/rollout` - `timing/rollout_engine`)."""
+        start = time.perf_counter()
         outs = self.engine.generate([p.prompt_ids for p in prompts], seeds, spec)
+        engine_s = time.perf_counter() - start
         return [
             Rollout(prompt=p, sample_index=i, response_ids_T=tuple(ids), logprobs_T=tuple(lps),
                     text=self.decode(ids), finish_reason=str(reason),
                     policy_version=self.policy_version, engine=self.name)
             for p, samples in zip(prompts, outs) for i, (ids, lps, reason) in enumerate(samples)
-        ]
+        ], engine_s
 
     def probe(self, ids: Sequence[int]) -> list[float]:
         return self.engine.prompt_logprobs(ids)
@@ -198,6 +208,7 @@ class RolloutPool:
         self.dead: set[int] = set()
         self.busy_s = 0.0  # wall time inside generate() since the fleet last looked (its autoscaling signal) ...
         self.window_start: float | None = None  # ... and when the first generate() after that look started
+        self.engine_s: dict[str, float] = {}  # seconds inside each engine's own generate since the last step end
 
     def take_busy_seconds(self) -> tuple[float, float]:
         """(seconds inside generate, seconds since the first generate) since the last call; then reset. The span
@@ -207,6 +218,13 @@ class RolloutPool:
         busy, span = self.busy_s, (0.0 if self.window_start is None else now - self.window_start)
         self.busy_s, self.window_start = 0.0, None
         return busy, span
+
+    def take_engine_metrics(self) -> dict[str, float]:
+        """`timing/rollout_engine`: the busiest engine's seconds inside vLLM's generate this step (absent when
+        nothing was generated); then reset."""
+        busiest = max(self.engine_s.values(), default=None)
+        self.engine_s = {}
+        return {} if busiest is None else {"timing/rollout_engine": busiest}
 
     def add(self, worker: Any, name: str) -> None:
         """Admit an engine (between steps, once it holds the current weights or is about to get them)."""
@@ -234,7 +252,10 @@ class RolloutPool:
         from ray.exceptions import RayActorError
 
         live = [w for w in range(len(self.workers)) if w not in self.dead]
-        size = max(1, math.ceil(len(prompts) / (max(len(live), 1) * self.chunks_per_worker)))
+        # Several chunks per engine balance the load between engines; one engine takes the whole request at once
+        # (each chunk pays the engine's fixed cost per generate call).
+        chunks = len(live) * self.chunks_per_worker if len(live) > 1 else 1
+        size = max(1, math.ceil(len(prompts) / chunks))
         todo = [(i, prompts[i:i + size], seeds[i:i + size]) for i in range(0, len(prompts), size)]
         todo.reverse()
         results: dict[int, list[Rollout]] = {}
@@ -253,7 +274,8 @@ class RolloutPool:
                 raise RolloutTimeout(f"rollout: no chunk finished within {self.timeout_s}s (busy: {busy})")
             start, w, ps, ss = pending.pop(done[0])
             try:
-                results[start] = ray.get(done[0])
+                results[start], engine_s = ray.get(done[0])
+                self.engine_s[self.names[w]] = self.engine_s.get(self.names[w], 0.0) + engine_s
             except RayActorError as e:
                 self.dead.add(w)
                 todo.append((start, ps, ss))  # re-issue: the lost chunk produced nothing we kept
@@ -268,11 +290,10 @@ class RolloutPool:
         import ray
         from ray.exceptions import RayActorError
 
-        for w, worker in enumerate(self.workers):
-            if w in self.dead:
-                continue
+        pings = {w: worker.ping.remote() for w, worker in enumerate(self.workers) if w not in self.dead}
+        for w, ref in pings.items():  # all in flight at once: one round trip per step, not one per engine
             try:
-                ray.get(worker.ping.remote(), timeout=timeout_s)
+                ray.get(ref, timeout=timeout_s)
             except RayActorError:
                 self.dead.add(w)
                 print(f"[rlpt] {self.names[w]} is gone (noticed before the sync)", file=sys.stderr)

@@ -109,9 +109,11 @@ class EngineSync:
     MAX_ATTEMPTS = 3  # per sync; each retry also costs a replacement engine (bounded by rollout.max_restarts)
 
     def __init__(self, learner: Any, membership: SyncMembership, plan: SyncPlan, probe_ids: Sequence[int],
-                 tolerance: float, timeout_s: float) -> None:
+                 tolerance: float, timeout_s: float, probe_every: int = 1) -> None:
         self.learner, self.membership = learner, membership
         self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
+        self.probe_every = probe_every
+        self.probed_generation = -1  # the group generation whose members were last probed
 
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
         """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
@@ -123,8 +125,9 @@ class EngineSync:
 
     def probe_diff(self) -> float:
         workers, names = self.membership.members()
+        refs = [w.probe.remote(self.probe_ids) for w in workers]  # the members probe while the learner does
         want = self.learner.probe(self.probe_ids)
-        got = self._wait("sync probe", [w.probe.remote(self.probe_ids) for w in workers], names)
+        got = self._wait("sync probe", refs, names)
         worst = 0.0
         for name, lps in zip(names, got):
             diff = max(abs(a - b) for a, b in zip(lps, want))
@@ -153,4 +156,10 @@ class EngineSync:
                 print(f"[rlpt] {', '.join(lost)} died during weight sync v{version} ({first_line(e)}); group "
                       f"re-formed without it, syncing v{version} again (attempt {attempt + 1})", file=sys.stderr)
         seconds = time.perf_counter() - start
-        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff(), version=version, retries=retries)
+        # The probe runs on the schedule (sync.probe_every), and always on a group's first sync: a member that
+        # joined (a replacement, a new engine) is checked the first time it takes weights.
+        generation = self.membership.generation
+        due = generation != self.probed_generation or version % self.probe_every == 0
+        self.probed_generation = generation
+        return SyncReport(seconds=seconds, probe_max_abs_diff=self.probe_diff() if due else None, version=version,
+                          retries=retries)

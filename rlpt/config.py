@@ -246,6 +246,8 @@ class SyncConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = Field(120.0, gt=0)
     probe_tolerance: float = Field(1e-3, gt=0, description="max |engine - learner| logprob on the probe sequence")
+    probe_every: int = Field(1, ge=1, description="probe every N-th version (1 = every sync); a group's first sync "
+                                                  "after it forms (a new or replacement engine) is always probed")
 
 
 # --------------------------------------------------------------------------------------------------- cluster
@@ -283,6 +285,11 @@ class ClusterConfig(_Section):
         default_factory=dict, description="extra Ray resources per rollout engine, e.g. {rlpt_rollout: 1} to put "
                                           "engines on the (spot) rollout node type")
     colocate: bool = False
+    threads_per_actor: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="torch/OpenMP threads of each learner rank, rollout engine and reference actor. auto: "
+                            "on a one-node cluster every core of the node (phases run one after another, so each "
+                            "actor has the cores during its own phase); on a multi-node cluster the CPUs the "
+                            "actor reserves (Ray would otherwise give a num_cpus=1 actor ONE thread)")
     rollout: FleetConfig = FleetConfig()
 
 

@@ -114,16 +114,18 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class SyncReport:
-    """What one weight sync did: its wall seconds, the probe's worst |engine - learner| logprob difference, the
-    version every member now holds, and how often it ran again after an engine died inside it."""
+    """What one weight sync did: its wall seconds, the probe's worst |engine - learner| logprob difference (absent,
+    not 0, on a sync the probe schedule skipped), the version every member now holds, and how often it ran again
+    after an engine died inside it."""
 
     seconds: float
-    probe_max_abs_diff: float
+    probe_max_abs_diff: float | None  # None on a sync the probe schedule skipped (sync.probe_every)
     version: int
     retries: int = 0
 
     def as_metrics(self) -> dict[str, float]:
-        return {"sync/probe_max_abs_diff": self.probe_max_abs_diff, "sync/retries": float(self.retries)}
+        probe = {} if self.probe_max_abs_diff is None else {"sync/probe_max_abs_diff": self.probe_max_abs_diff}
+        return {**probe, "sync/retries": float(self.retries)}
 
 
 def request_seed(run_seed: int, step: int, position: int, n: int) -> int:

@@ -138,31 +138,41 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
 
 
-def token_logprobs(logits_B_T_V: Tensor, input_ids_B_T: Tensor) -> Tensor:
+LOGPROB_CHUNK_ELEMENTS = 2**25  # float32 logits elements per chunk of rows (128 MiB): bounds the temporaries
+
+
+def token_logprobs(logits_B_T_V: Tensor, input_ids_B_T: Tensor, chunk_elements: int = LOGPROB_CHUNK_ELEMENTS
+                   ) -> Tensor:
     """Log-probability of each token under the model, aligned with `input_ids_B_T`.
 
     out[b, t] = log p(ids[b, t] | ids[b, <t]) = log_softmax(logits[b, t - 1])[ids[b, t]] for t >= 1; out[b, 0] = 0.
     Computed in float32 whatever the logits dtype (bf16 log-softmax over a 150k vocabulary loses ~2 decimal
-    digits, which shows up as a fake rollout-vs-learner logprob gap). Memory: one row at a time, and the
-    log-softmax is never materialised (gather minus logsumexp), so under `torch.no_grad()` (old / reference
-    logprobs) the float32 temporary is one row's T x V. With grad, autograd keeps each row's float32 copy for
-    backward; bound that by micro-batching.
+    digits, which shows up as a fake rollout-vs-learner logprob gap). Vectorised over chunks of rows of at most
+    `chunk_elements` logits (at least one row), and the log-softmax is never materialised (gather minus logsumexp),
+    so under `torch.no_grad()` (old / reference logprobs) the float32 temporary is one chunk. With grad, autograd
+    keeps each chunk's float32 copy for backward; bound that by micro-batching.
+
+    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])
+    >>> token_logprobs(logits, torch.tensor([[1, 0, 1]])).exp()
+    tensor([[1.0000, 0.5000, 0.1192]])
     """
     if logits_B_T_V.dim() != 3 or input_ids_B_T.shape != logits_B_T_V.shape[:2]:
         raise ValueError(
             f"token_logprobs: expected logits [B, T, V] and ids [B, T]; got {tuple(logits_B_T_V.shape)} "
             f"and {tuple(input_ids_B_T.shape)}"
         )
-    if logits_B_T_V.shape[0] == 0:
+    B, T, V = logits_B_T_V.shape
+    if B == 0:
         return logits_B_T_V.new_zeros(input_ids_B_T.shape, dtype=torch.float32)
-    rows: list[Tensor] = []
-    for logits_T_V, ids_T in zip(logits_B_T_V, input_ids_B_T):
-        pred_T_V = logits_T_V[:-1].float()  # logits[t - 1] predict ids[t]
-        target_T = ids_T[1:].long()
-        picked_T = torch.gather(pred_T_V, -1, target_T.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked_T - torch.logsumexp(pred_T_V, dim=-1))
-    logp_B_Tm1 = torch.stack(rows)
-    first_B_1 = logp_B_Tm1.new_zeros((logp_B_Tm1.shape[0], 1))
+    rows = max(1, chunk_elements // max(1, (T - 1) * V))
+    parts: list[Tensor] = []
+    for start in range(0, B, rows):
+        pred_C_T_V = logits_B_T_V[start:start + rows, :-1].float()  # logits[t - 1] predict ids[t]
+        target_C_T = input_ids_B_T[start:start + rows, 1:].long()
+        picked_C_T = torch.gather(pred_C_T_V, -1, target_C_T.unsqueeze(-1)).squeeze(-1)
+        parts.append(picked_C_T - torch.logsumexp(pred_C_T_V, dim=-1))
+    logp_B_Tm1 = parts[0] if len(parts) == 1 else torch.cat(parts)
+    first_B_1 = logp_B_Tm1.new_zeros((B, 1))
     return torch.cat([first_B_1, logp_B_Tm1], dim=1)
 
 

@@ -26,6 +26,11 @@ def test_rlpt_train_console_command(tmp_path):
     foreign = [ln for ln in lines if not ln.startswith(("[rlpt] ", "train "))]
     assert not foreign, foreign[:10]
     assert any(ln.startswith("[rlpt] preflight") for ln in lines) and any("actors up in" in ln for ln in lines)
+    # one machine: the learner and the engine each compute on every core in their phase (cluster.threads_per_actor
+    # auto), not on the one thread Ray gives a num_cpus=1 actor
+    cores = len(__import__("os").sched_getaffinity(0))
+    up = next(ln for ln in lines if "actors up in" in ln)
+    assert f"torch threads learner {cores}, rollout-0 {cores}, reference {cores}" in up, up
     logs = tmp_path / "cli" / "logs"
     assert "vLLM" in (logs / "rollout-0.log").read_text() or "vllm" in (logs / "rollout-0.log").read_text()
     assert (logs / "learner-rank-0.log").is_file() and (logs / "verifier-0.log").is_file()

@@ -276,6 +276,32 @@ def test_token_logprobs_matches_manual_log_softmax() -> None:
     torch.testing.assert_close(out_bf16, token_logprobs(logits.bfloat16().float(), ids))
 
 
+def _per_row_token_logprobs(logits_B_T_V: torch.Tensor, ids_B_T: torch.Tensor) -> torch.Tensor:
+    """The previous implementation (one Python iteration per row), kept as the reference for the vectorised one."""
+    rows = []
+    for logits_T_V, ids_T in zip(logits_B_T_V, ids_B_T):
+        pred = logits_T_V[:-1].float()
+        rows.append(torch.gather(pred, -1, ids_T[1:].long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(pred, -1))
+    logp = torch.stack(rows)
+    return torch.cat([logp.new_zeros((logp.shape[0], 1)), logp], dim=1)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 7 * 13, 10**9])  # a row per chunk, 3 rows per chunk, one chunk
+def test_token_logprobs_vectorised_equals_the_per_row_loop(chunk_elements: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 8, 13, generator=gen, requires_grad=True)
+    ids = torch.randint(0, 13, (7, 8), generator=gen)
+    weights = torch.randn(7, 8, generator=gen)
+    want = _per_row_token_logprobs(logits, ids)
+    got = token_logprobs(logits, ids, chunk_elements=chunk_elements)
+    assert torch.equal(got, want)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), logits)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), logits)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-6)
+    bf16 = logits.detach().bfloat16()
+    assert torch.equal(token_logprobs(bf16, ids, chunk_elements=chunk_elements), _per_row_token_logprobs(bf16, ids))
+
+
 def test_entropy_from_logits() -> None:
     # [0, 0]: uniform over 2 -> ln 2; [0, ln 3]: -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.562335; [0, -inf]: 0
     ln3 = math.log(3.0)
