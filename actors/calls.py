@@ -23,9 +23,11 @@ class ActorLost(RunFault):
     """An actor died (process killed, node lost) while the caller waited on it; the message names it."""
 
 
-def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: float) -> list[Any]:
+def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: float,
+           arrivals: dict[str, float] | None = None) -> list[Any]:
     """Results of `refs` in order. Raises ActorLost (naming the actor) or the actor's own exception as soon as one
-    call fails, and ActorCallTimeout naming the unfinished ones after `timeout_s`."""
+    call fails, and ActorCallTimeout naming the unfinished ones after `timeout_s`. `arrivals`, when given, gets
+    each label's seconds from the call to its result (start-up reports which actor was the slowest)."""
     import ray
     from ray.exceptions import RayActorError
 
@@ -33,7 +35,8 @@ def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: flo
     index = {r: i for i, r in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -42,6 +45,8 @@ def gather(what: str, refs: Sequence[Any], labels: Sequence[str], timeout_s: flo
         done, pending = ray.wait(pending, num_returns=1, timeout=left)
         for ref in done:
             i = index[ref]
+            if arrivals is not None:
+                arrivals[labels[i]] = time.monotonic() - start
             try:
                 results[i] = ray.get(ref)
             except RayActorError as e:  # an exception raised inside the actor propagates as it is (RayTaskError)

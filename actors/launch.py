@@ -72,6 +72,8 @@ class Graph:
     placement_group: Any
     fleet: Fleet
     threads: dict[str, int]  # torch threads each actor reports it computes with (learner rank 0, engines, reference)
+    ready_s: dict[str, float]  # seconds from each actor's creation to ready
+    ray_s: float  # connecting to (or starting) the Ray cluster
 
     @property
     def engines(self) -> list[Any]:
@@ -137,7 +139,10 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     tests pass a stand-in that adds and removes simulated nodes."""
     import ray
 
+    t = time.monotonic()
     placement.init_ray(cfg)
+    started = time.monotonic()
+    ray_s = started - t
     algo, make, T = algorithm_of(cfg), Factories(cfg, prep, placement.actor_threads(cfg)), cfg.run.actor_timeout_s
     K, N, M = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
     # Start everything at once: engine and DeepSpeed start-up dominate and overlap.
@@ -150,11 +155,15 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     layout = algo.layout(cfg)
     addr, port = ray.get(ranks[0].address.remote(), timeout=T)
     setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, algo.lr_horizon(cfg)) for r in ranks]
-    gather("start-up", setups + [e.ping.remote() for e in engines] + [v.ping.remote() for v in verifiers],
-           [f"learner rank {k}" for k in range(K)] + names + vnames, T)
-    threaded = [ranks[0], *engines, *([reference] if reference is not None else [])]
-    labels = ["learner", *names, *(["reference"] if reference is not None else [])]
-    threads = dict(zip(labels, gather("threads", [a.threads.remote() for a in threaded], labels, T)))
+    extra = [reference] if reference is not None else []
+    labels = [f"learner rank {k}" for k in range(K)] + names + ["reference"] * len(extra) + vnames
+    ready: dict[str, float] = {}  # each actor's seconds from its creation to ready (the start-up event shows them)
+    offset = time.monotonic() - started
+    calls = setups + [a.threads.remote() for a in engines + extra] + [v.ping.remote() for v in verifiers]
+    got = gather("start-up", calls, labels, T, ready)
+    ready = {k: v + offset for k, v in ready.items()}
+    threads = {"learner": ray.get(ranks[0].threads.remote(), timeout=T),
+               **dict(zip(names + ["reference"] * len(extra), got[K:K + N + len(extra)]))}
     learner = LearnerGroup(ranks, layout, cfg, prep.facts.pad_id, T)
     pool = RolloutPool(engines, names, T)
     fleet = Fleet(cfg, pool, make.engine, T, request_resources)
@@ -167,7 +176,7 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
                          max_restarts=cfg.verifier.max_restarts)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer, health=GraphHealth(fleet, vpool),
                       reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet, threads)
+    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet, threads, ready, ray_s)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -227,7 +236,9 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
     try:
         t = time.perf_counter()
         graph = build_graph(cfg, prep)
-        event(f"actors up in {time.perf_counter() - t:.1f}s: {cfg.learner.num_ranks} learner rank(s), "
+        slowest = sorted(graph.ready_s.items(), key=lambda kv: -kv[1])[:3]
+        event(f"actors up in {time.perf_counter() - t:.1f}s (Ray {graph.ray_s:.1f}s; slowest "
+              f"{', '.join(f'{k} {v:.1f}s' for k, v in slowest)}): {cfg.learner.num_ranks} learner rank(s), "
               f"{len(graph.pool.workers)} engine(s), {len(graph.verifier_pool.workers)} verifier(s)"
               f"{', a reference' if graph.reference is not None else ''}; torch threads "
               f"{', '.join(f'{k} {v}' for k, v in graph.threads.items())}"

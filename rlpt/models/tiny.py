@@ -16,12 +16,13 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
-from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+# torch and transformers are imported where a model is built: the common case (the cached model exists) then costs
+# `rlpt train` nothing (their import is ~3 s of the preflight on 2 cores).
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
 Arch = Literal["llama", "qwen2"]
 Size = Literal["tiny", "small"]
@@ -62,6 +63,9 @@ def _corpus(seed: int, n: int = 4000) -> list[str]:
 
 
 def train_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(prepend_scheme="never")]
@@ -76,6 +80,9 @@ def train_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
 
 
 def build_model(arch: Arch, size: Size, vocab_size: int, eos_id: int, seed: int) -> torch.nn.Module:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
     s = SHAPES[size]
     common = dict(
         vocab_size=vocab_size, hidden_size=s.hidden, intermediate_size=s.intermediate,
@@ -96,6 +103,8 @@ def init_tiny(out: str | Path, arch: Arch = "llama", size: Size = "tiny", seed: 
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    from transformers import GenerationConfig
+
     try:
         tokenizer = train_tokenizer(seed)
         eos_id = tokenizer.convert_tokens_to_ids(EOS)
