@@ -73,8 +73,9 @@ def test_nodes_join_and_leave_mid_run(tmp_path, ray_cluster, tiny_root):
     from rlpt.config import load_config
     from tests.ray.test_resume import weights_hash
 
+    # the same threads as the scenario (auto would give its multi-node cluster 1, this one-node cluster every core)
     fixed = load_config(None, [f"run.root={tiny_root}", "run.name=elastic-baseline", "run.steps=16",
-                               "run.tensorboard=false"])
+                               "run.tensorboard=false", "cluster.threads_per_actor=1"])
     train(fixed, tiny_root / "elastic-baseline")
     base = read_metrics(tiny_root / "elastic-baseline" / "metrics.jsonl")
     assert [r["reward/mean"] for r in rows] == [r["reward/mean"] for r in base]
