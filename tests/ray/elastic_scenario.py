@@ -49,7 +49,8 @@ def nodes(out: Path) -> None:
     run_dir = out / "elastic"
     cfg = load_config(None, [f"run.root={out}", "run.name=elastic", "run.steps=16", "run.tensorboard=false",
                              "cluster.engine_resources={rlpt_rollout: 1}", "cluster.rollout.max=2",
-                             "cluster.rollout.join_timeout_s=180", "cluster.threads_per_actor=1"])
+                             "cluster.rollout.join_timeout_s=180", "cluster.threads_per_actor=1",
+                             "sync.probe_every=1"])
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep)
     events: list[dict] = []

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ray
 def test_killed_engine_and_verifier_are_replaced_and_nothing_is_lost(ray_cluster, tiny_root):
     run_dir = tiny_root / "faults-kill"
     P, G = 8, 4
-    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-kill", "run.steps=6", "rollout.num_workers=2",
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-kill", "run.steps=6", "rollout.num_workers=2", "sync.probe_every=1",
                              "verifier.num_workers=2", f"rollout.prompts_per_step={P}",
                              f"rollout.samples_per_prompt={G}"])
     prep = prepare(cfg, run_dir)
@@ -103,7 +103,7 @@ def test_engine_dying_inside_the_weight_sync_is_replaced_and_the_version_sent_ag
 
     run_dir = tiny_root / "faults-sync"
     P, G = 8, 4
-    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-sync", "run.steps=5", "rollout.num_workers=2",
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-sync", "run.steps=5", "rollout.num_workers=2", "sync.probe_every=1",
                              f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}",
                              "sync.bucket_mb=0.05"])
     prep = prepare(cfg, run_dir)

@@ -68,7 +68,7 @@ def test_cell(ray_cluster, tmp_path, cell):
         f"model.path={model_dir}", "data.task=null", f"data.path={tmp_path / 'data.jsonl'}",
         *(["data.columns.prompt=messages"] if chat else []), f"run.root={tmp_path}", f"run.name={cell.name}",
         "run.steps=3", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
-        "algorithm.grpo.beta=0", "learner.micro_batch_size=8", "run.tensorboard=false",
+        "algorithm.grpo.beta=0", "learner.micro_batch_size=8", "run.tensorboard=false", "sync.probe_every=1",
         # the user brought a plug-in verifier that returns a float (no correctness)
         *(["verifier.name=tests.unit.plugins_fixture:float_reward"] if cell.tokenizer == "char" else [])])
     # preflight: context from the model, every declared EOS id, the chat template used; default data settings

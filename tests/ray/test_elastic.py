@@ -75,7 +75,7 @@ def test_nodes_join_and_leave_mid_run(tmp_path, ray_cluster, tiny_root):
 
     # the same threads as the scenario (auto would give its multi-node cluster 1, this one-node cluster every core)
     fixed = load_config(None, [f"run.root={tiny_root}", "run.name=elastic-baseline", "run.steps=16",
-                               "run.tensorboard=false", "cluster.threads_per_actor=1"])
+                               "run.tensorboard=false", "cluster.threads_per_actor=1", "sync.probe_every=1"])
     train(fixed, tiny_root / "elastic-baseline")
     base = read_metrics(tiny_root / "elastic-baseline" / "metrics.jsonl")
     assert [r["reward/mean"] for r in rows] == [r["reward/mean"] for r in base]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 
 def test_lora_trains_adapters_only_and_syncs_merged(ray_cluster, tiny_root):
     run_dir = tiny_root / "lora"
-    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=lora", "run.steps=250", "model.lora.enabled=true",
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=lora", "run.steps=250", "model.lora.enabled=true", "sync.probe_every=1",
                              "model.lora.r=32", "model.lora.alpha=64", "algorithm.grpo.beta=0.02",
                              "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]",
                              "learner.lr=5e-3"])
