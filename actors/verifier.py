@@ -1,5 +1,8 @@
 """Verifier pool: M CPU actors, each scoring its share of the rollouts in a killable child process
-(rlpt.isolation), so a verifier that raises, hangs or dies yields an explicit error row, never a crash."""
+(rlpt.isolation), so a verifier that raises, hangs or dies yields an explicit error row, never a crash.
+
+Only what a verifier reads crosses Ray: (prompt, completion) items go out, Verdicts come back, and the driver
+pairs them with its own rollouts (their token ids and logprobs never travel)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from rlpt.errors import RunFault
-from rlpt.isolation import IsolatedScorer
+from rlpt.isolation import IsolatedScorer, Verdict, VerifyItem, scored, verify_items
 from rlpt.types import Rollout, ScoredRollout
 
 
@@ -26,8 +29,8 @@ class VerifierWorker:
     def ping(self) -> str:
         return self.name
 
-    def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]:
-        return self.scorer.score(rollouts)
+    def score_items(self, items: Sequence[VerifyItem]) -> list[Verdict]:
+        return self.scorer.score_items(items)
 
 
 class VerifierTimeout(RunFault, TimeoutError):
@@ -56,12 +59,13 @@ class VerifierPool:
 
         if not rollouts:
             return []
-        size = math.ceil(len(rollouts) / len(self.workers))
-        shares = [list(rollouts[i:i + size]) for i in range(0, len(rollouts), size)]
-        out: list[list[ScoredRollout] | None] = [None] * len(shares)
+        items = verify_items(rollouts)
+        size = math.ceil(len(items) / len(self.workers))
+        shares = [items[i:i + size] for i in range(0, len(items), size)]
+        out: list[list[Verdict] | None] = [None] * len(shares)
         while any(o is None for o in out):
             todo = [k for k, o in enumerate(out) if o is None]
-            refs = [self.workers[k].score.remote(shares[k]) for k in todo]
+            refs = [self.workers[k].score_items.remote(shares[k]) for k in todo]
             # Each item is bounded by the per-call timeout inside the worker; this outer bound catches a stuck actor.
             timeout = self.per_item_timeout_s * size + self.slack_s
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
@@ -73,7 +77,10 @@ class VerifierPool:
                     out[k] = ray.get(ref)
                 except RayActorError as e:
                     self._replace(k, e)
-        return [s for share in out for s in share]  # type: ignore[union-attr]
+        verdicts = [v for share in out for v in share]  # type: ignore[union-attr]
+        if len(verdicts) != len(rollouts):  # the zip below must never drop or misalign a rollout
+            raise RuntimeError(f"verify: {len(verdicts)} verdicts for {len(rollouts)} rollouts")
+        return [scored(r, v) for v, r in zip(verdicts, rollouts)]
 
     def _replace(self, k: int, err: Exception) -> None:
         if self.factory is None or self.restarts >= self.max_restarts:

@@ -12,33 +12,56 @@ start multiprocessing children of its own: use `subprocess` (e.g. for a code san
 A verifier that cannot even load (bad spec, import error) is a config problem: the child reports it as its first
 message and the constructor raises `VerifierProcessError` instead of marking every row.
 
-Cost (measured on the 2-core CPU dev box, `spawn`, 2000 rollouts of 1000 tokens, verifiers "exact" and the
-test plug-in "tests.unit.isolation_fixture:ok"): starting a child takes ~2-2.7 s, almost all of it importing
-torch (rlpt.types) and rlpt.verifiers; it is paid once per IsolatedScorer and again after each timeout or crash.
-Per item the round trip (pickle, pipe, score_rollout, pipe, unpickle) adds ~65-145 us over calling the verifier
-in-process (~5 us). Token ids and logprobs are not sent (the verifier never sees them), so the cost does not
-grow with response length. Items go one at a time: at this overhead pipelining would gain little, and one item
-in flight keeps "which item hung" unambiguous.
+A batch goes to the child in one message, as (prompt, completion) items (token ids and logprobs stay behind: no
+verifier reads them), and the child streams one small message back per item as soon as it is scored. The parent
+holds each item to `timeout_s` counted from the previous item's verdict (from the send, for the first), so "which
+item hung" stays unambiguous; after a hang or crash the rest of the batch goes to a fresh child in one message.
+
+Cost (2-core CPU dev box, `spawn`): starting a child takes ~2-2.7 s, almost all of it importing torch
+(rlpt.types) and rlpt.verifiers; it is paid once per IsolatedScorer and again after each timeout or crash. For
+128 trivial rollouts (verifier "numeric"; benchmarks/verify_overhead.py, figures in benchmarks/RESULTS.md) the
+isolated call adds ~0.6-1.2 ms over scoring them in-process; one round trip per item added ~20-24 ms. Sending all
+128 verdicts in one message instead of streaming them saved only ~0.3 ms inside a Ray actor (2.2 vs 2.5 ms a
+batch), and would lose "which item hung": not done.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import multiprocessing as mp
 import os
+import pickle
+import select
 import signal
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import TracebackType
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from rlpt.scoring import score_rollout
-from rlpt.types import Rollout, ScoredRollout
+from rlpt.types import Prompt, Rollout, Score, ScoredRollout
 
 _READY = "ready"
 _LOAD_ERROR = "load_error"
 _REAP_S = 5.0  # how long to wait for a killed or exiting child before giving up on its exit code
+
+VerifyItem = tuple[Prompt, str]  # what a verifier sees of a rollout: its prompt and its completion text
+
+
+# A verifier's result for one item, (reward, correct, info, error): a ScoredRollout without its rollout. A plain
+# tuple on purpose: 128 of them pickle in ~20 us, as a NamedTuple in ~200 us (~450 us with Ray's cloudpickle),
+# and they cross a pipe and a Ray call every step.
+Verdict = tuple[float, bool | None, Mapping[str, Any], str | None]
+
+
+def scored(rollout: Rollout, verdict: Verdict) -> ScoredRollout:
+    reward, correct, info, error = verdict
+    return ScoredRollout(rollout, reward=reward, correct=correct, info=info, error=error)
+
+
+def verify_items(rollouts: Sequence[Rollout]) -> list[VerifyItem]:
+    """The (prompt, completion) items of rollouts: token ids and logprobs stay behind (no verifier uses them)."""
+    return [(r.prompt, r.text) for r in rollouts]
 
 
 class VerifierProcessError(RuntimeError):
@@ -46,7 +69,8 @@ class VerifierProcessError(RuntimeError):
 
 
 def _child_main(conn: Connection, spec: str, error_reward: float) -> None:
-    """Entry point of the verifier process: load once, then score (index, rollout) messages until None/EOF."""
+    """Entry point of the verifier process: load once, then for each batch of items (until None/EOF) send one
+    (index, reward, correct, info, error) message per item as soon as it is scored."""
     os.setsid()  # own process group: the parent's killpg then also reaches whatever the verifier spawns
     try:
         from rlpt.verifiers import load_verifier  # here, not at top level: only the child pays for it
@@ -58,17 +82,34 @@ def _child_main(conn: Connection, spec: str, error_reward: float) -> None:
     conn.send((_READY, os.getpid()))
     while True:
         try:
-            msg = conn.recv()
+            batch = conn.recv()
         except EOFError:  # the parent went away
             return
-        if msg is None:
+        if batch is None:
             return
-        index, rollout = msg
-        s = score_rollout(verify, rollout, error_reward)
-        try:
-            conn.send((index, s.reward, s.correct, s.info, s.error))
-        except Exception as e:  # noqa: BLE001 - e.g. unpicklable info: pickling fails before anything is written
-            conn.send((index, error_reward, None, {}, f"{type(e).__name__}: verifier result cannot be sent: {e}"))
+        for index, (prompt, text) in enumerate(batch):
+            conn.send_bytes(_verdict_message(verify, index, prompt, text, error_reward))
+
+
+def _verdict_message(verify: Callable[[Prompt, str], Score], index: int, prompt: Prompt, text: str,
+                     error_reward: float) -> bytes:
+    """(index, reward, correct, info, error), pickled. The same verdicts as rlpt.scoring.score_rollout (a test
+    holds them equal), without building a Rollout and a ScoredRollout per item (~3.5 us, most of the item's cost)."""
+    try:
+        score = verify(prompt, text)
+    except Exception as e:  # noqa: BLE001 - a verifier bug must become a counted error row, not kill the run
+        msg: tuple[Any, ...] = (index, error_reward, None, {}, f"{type(e).__name__}: {e}")
+    else:
+        if isinstance(score, Score):
+            msg = (index, float(score.reward), score.correct, dict(score.info), None)
+        else:
+            wrong = f"TypeError: verifier returned {type(score).__name__}, expected Score"
+            msg = (index, error_reward, None, {}, wrong)
+    try:
+        return pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - e.g. unpicklable info: it fails here, before anything is written
+        return pickle.dumps((index, error_reward, None, {}, f"{type(e).__name__}: verifier result cannot be sent: {e}"),
+                            pickle.HIGHEST_PROTOCOL)
 
 
 def _kill_group(proc: BaseProcess) -> None:
@@ -99,52 +140,61 @@ class IsolatedScorer:
         self._ctx = mp.get_context(start_method)
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._poller: select.poll | None = None  # readable-or-closed on _conn
         self._start()  # eagerly, so a bad spec fails at construction rather than at the first batch
 
     def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]:
         """One ScoredRollout per rollout, in order; a hang or crash marks that item only."""
-        results: list[ScoredRollout] = []
+        return [scored(r, v) for v, r in zip(self.score_items(verify_items(rollouts)), rollouts)]
+
+    def score_items(self, items: Sequence[VerifyItem]) -> list[Verdict]:
+        """One Verdict per (prompt, completion) item, in order. The items go to the child in one message; a hang
+        or crash marks the item in flight, and a fresh child gets the rest (again in one message)."""
+        verdicts: list[Verdict] = []
         failures: list[str] = []
-        for index, rollout in enumerate(rollouts):
+        while len(verdicts) < len(items):
             if self._proc is None:
                 self._start()  # lazily after a failure, so a batch ending in a failure costs no spare start
             try:
-                scored, failed = self._score_one(index, rollout)
+                failure = self._stream(items, verdicts)
             except BaseException:
-                self._stop(graceful=False)  # e.g. KeyboardInterrupt mid-item: the pipe state is unknown
+                self._stop(graceful=False)  # e.g. KeyboardInterrupt mid-batch: the pipe state is unknown
                 raise
-            results.append(scored)
-            if failed:
-                failures.append(str(scored.error))
-                self._stop(graceful=False)
-                if len(failures) > self.max_restarts:
-                    raise VerifierProcessError(
-                        f"verifier {self.spec!r} timed out or crashed on {len(failures)} of the first {index + 1} "
-                        f"items of a batch of {len(rollouts)} (max_restarts={self.max_restarts}); "
-                        f"first: {failures[0]!r}. Fix the verifier or raise timeout_s / max_restarts.")
-        return results
+            if failure is None:
+                break
+            verdicts.append((self.error_reward, None, {}, failure))
+            failures.append(failure)
+            self._stop(graceful=False)
+            if len(failures) > self.max_restarts:
+                raise VerifierProcessError(
+                    f"verifier {self.spec!r} timed out or crashed on {len(failures)} of the first {len(verdicts)} "
+                    f"items of a batch of {len(items)} (max_restarts={self.max_restarts}); "
+                    f"first: {failures[0]!r}. Fix the verifier or raise timeout_s / max_restarts.")
+        return verdicts
 
-    def _score_one(self, index: int, rollout: Rollout) -> tuple[ScoredRollout, bool]:
-        """The scored rollout, and whether the child hung or died on it (and must be replaced)."""
-        assert self._conn is not None
-        # The verifier sees (prompt, text) only: token ids and logprobs would just be pickled for nothing.
-        light = dataclasses.replace(rollout, response_ids_T=(), logprobs_T=())
+    def _stream(self, items: Sequence[VerifyItem], verdicts: list[Verdict]) -> str | None:
+        """Send the items not scored yet in one message and append their verdicts as the child streams them back.
+        Returns None when every one came, else the error of the item the child hung or died on (the next one):
+        each verdict must come within timeout_s of the previous one (of the send, for the first)."""
+        assert self._conn is not None and self._poller is not None
+        first = len(verdicts)
         try:
-            self._conn.send((index, light))
+            self._conn.send(list(items[first:]))
         except (BrokenPipeError, ConnectionResetError):
-            return self._failed(rollout, self._crash_message()), True
-        if not self._conn.poll(self.timeout_s):
-            return self._failed(rollout, f"timeout: verifier {self.spec} took longer than {self.timeout_s}s"), True
-        try:
-            got, reward, correct, info, error = self._conn.recv()
-        except (EOFError, ConnectionResetError):
-            return self._failed(rollout, self._crash_message()), True
-        if got != index:
-            raise VerifierProcessError(f"verifier process for {self.spec!r} answered item {got}, expected {index}")
-        return ScoredRollout(rollout, reward=reward, correct=correct, info=info, error=error), False
-
-    def _failed(self, rollout: Rollout, error: str) -> ScoredRollout:
-        return ScoredRollout(rollout, reward=self.error_reward, correct=None, error=error)
+            return self._crash_message()
+        timeout_ms = math.ceil(self.timeout_s * 1000)
+        for index in range(len(items) - first):
+            # A poll object made once per child: Connection.poll builds a selector on every call (~4 us vs ~0.5).
+            if not self._poller.poll(timeout_ms):
+                return f"timeout: verifier {self.spec} took longer than {self.timeout_s}s"
+            try:
+                got, reward, correct, info, error = pickle.loads(self._conn.recv_bytes())
+            except (EOFError, ConnectionResetError):
+                return self._crash_message()
+            if got != index:
+                raise VerifierProcessError(f"verifier process for {self.spec!r} answered item {got}, expected {index}")
+            verdicts.append((reward, correct, info, error))
+        return None
 
     def _crash_message(self) -> str:
         assert self._proc is not None
@@ -161,6 +211,8 @@ class IsolatedScorer:
         proc.start()
         child_conn.close()  # only the child holds its end now, so its death reads as EOF here
         self._proc, self._conn = proc, parent_conn
+        self._poller = select.poll()
+        self._poller.register(parent_conn.fileno(), select.POLLIN)
         reason = self._await_ready()
         if reason is not None:
             self._stop(graceful=False)
@@ -182,7 +234,7 @@ class IsolatedScorer:
     def _stop(self, graceful: bool) -> None:
         """Optionally ask the child to exit, then SIGKILL its group anyway: that also takes anything it left."""
         proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+        self._proc = self._conn = self._poller = None
         if proc is None or conn is None:
             return
         if graceful and proc.exitcode is None:

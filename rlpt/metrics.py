@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
+from rlpt.background import BackgroundWriteError, BackgroundWriter, InlineWriter, Writer
+
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -73,13 +75,19 @@ def _drop_partial_last_line(path: Path) -> None:
 class MetricsWriter:
     """Appends one JSON line per step to `run_dir/metrics.jsonl` and mirrors the scalars to `run_dir/tb`.
 
-    Each write is flushed and fsynced (once per training step, so the cost is negligible) so a crash loses
-    nothing already written. The file is opened in append mode: a resumed run continues the same file, so the
-    same step may appear twice (the later record is the one after the resume). An unterminated last line left
-    by a crash mid-write is cut off on open, with a warning.
+    `write` checks the row at once (a bad key or value raises in the caller) and, with `background=True` (the
+    default), leaves the writing to a background thread (rlpt.background): the step does not wait on the disk.
+    Rows are written in order, each flushed and fsynced, so a crash loses at most the rows still queued; `flush()`
+    waits until every row so far is on disk, `close()` flushes and closes (a failed write raises, never silently).
+    `submit` queues another run-directory write (the step's rollouts file, a checkpoint's rename) in the same order.
+    `background=False` writes in the caller, with the same results.
+
+    The file is opened in append mode: a resumed run continues the same file, so the same step may appear twice
+    (the later record is the one after the resume). An unterminated last line left by a crash mid-write is cut off
+    on open, with a warning.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, background: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -90,12 +98,28 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is a heavy import
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        name = f"metrics writer for {self.run_dir}"
+        self._writes: Writer = BackgroundWriter(name) if background else InlineWriter(name)
+        self._closed = False
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         """Append the step's metrics; non-finite values become null + a "nonfinite" entry (module docstring)."""
-        if self._file.closed:
+        if self._closed:
             raise ValueError(f"MetricsWriter for {self.path} is closed (write at step {step})")
-        record, floats = _record(step, values)
+        record, floats = _record(step, values)  # here, not in the thread: the caller's bug raises at its call
+        self._writes.submit(f"metrics row of step {step}", lambda: self._append(step, record, floats))
+
+    def submit(self, what: str, job: Callable[[], object]) -> None:
+        """Run `job` (another run-directory write) after the rows and jobs already queued; `what` names it."""
+        if self._closed:
+            raise ValueError(f"MetricsWriter for {self.path} is closed (write of {what})")
+        self._writes.submit(what, job)
+
+    def flush(self) -> None:
+        """Return once every row and job queued so far is written (raises if one failed)."""
+        self._writes.flush()
+
+    def _append(self, step: int, record: dict[str, object], floats: dict[str, float]) -> None:
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -105,11 +129,16 @@ class MetricsWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Write everything queued, then close the files (idempotent); raises a queued write's failure."""
+        self._closed = True
+        try:
+            self._writes.close()
+        finally:
+            if not self._file.closed:
+                self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -117,7 +146,13 @@ class MetricsWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except BackgroundWriteError as err:  # the run's own error stays the one raised; the failed write rides along
+            exc.add_note(f"and then: {err}")
 
 
 def read_metrics(path: Path) -> list[dict[str, object]]:

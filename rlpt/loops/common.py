@@ -178,13 +178,24 @@ def save_checkpoint(learner: LearnerService, run_dir: Path, step: int, keep: int
     """One atomic checkpoint: HF weights at the top (loadable by transformers and vLLM), `state/` (every learner
     rank's optimizer, LR schedule and RNG) and `loop_state.json`, written into `step_X.tmp` and renamed, so a
     crash mid-write never leaves a half checkpoint that looks complete. Keeps the last `keep`."""
-    out = checkpoint_dir(run_dir, step)
-    tmp = out.with_name(out.name + ".tmp")
+    return finalize_checkpoint(write_checkpoint(learner, run_dir, step, state), keep)
+
+
+def write_checkpoint(learner: LearnerService, run_dir: Path, step: int, state: LoopState) -> Path:
+    """The writing half of `save_checkpoint`: everything into `step_X.tmp`, which it returns. Not a checkpoint
+    until `finalize_checkpoint` renames it (`latest_checkpoint` ignores `.tmp` directories)."""
+    tmp = checkpoint_dir(run_dir, step).with_name(f"step_{step:06d}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     learner.save_hf(tmp)
     learner.save_state(tmp / "state")
     (tmp / "loop_state.json").write_text(state.to_json())
+    return tmp
+
+
+def finalize_checkpoint(tmp: Path, keep: int) -> Path:
+    """Rename a written `step_X.tmp` to `step_X` (the moment it becomes complete), then keep the newest `keep`."""
+    out = tmp.with_name(tmp.name.removesuffix(".tmp"))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     done = sorted(p for p in out.parent.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
@@ -233,19 +244,18 @@ class StepEnd:
 
 
 def end_step(run: LoopRun, end: StepEnd) -> None:
-    """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row."""
+    """Shared end of a step (or round): rollouts file, checkpoint, the common metric keys, one metrics row.
+
+    Only what needs the learner runs here: the rollouts file, the metrics row and the checkpoint's rename go to
+    the run's writer thread (rlpt.background), in that order, so a checkpoint becomes complete only after its
+    step's rows and files are on disk, and `run.writer` closing (the loop's `with`) writes everything queued."""
     from rlpt.rollout_log import write_rollouts
 
     cfg, metrics, timer = run.cfg, end.metrics, run.timer
     if cfg.run.log_rollouts:
-        write_rollouts(run.run_dir, end.step, end.scored)
-    every = cfg.run.checkpoint_every
-    if (every and (end.step + 1) % every == 0) or end.step + 1 == run.total:
-        t = time.perf_counter()
-        with timer.phase("checkpoint"):
-            state = LoopState(end.step + 1, end.version, end.cursor, None if end.rng is None else rng_state(end.rng))
-            path = save_checkpoint(run.workers.learner, run.run_dir, end.step + 1, cfg.run.keep_checkpoints, state)
-        print(f"[rlpt] checkpoint {path.name} ({time.perf_counter() - t:.1f}s)", file=sys.stderr, flush=True)
+        scored = list(end.scored)  # the loop may reuse its list; the thread writes this step's rollouts
+        run.writer.submit(f"rollouts of step {end.step}", lambda: write_rollouts(run.run_dir, end.step, scored))
+    written = _write_checkpoint_if_due(run, end)
     # Nothing trained this step: no sync, so no sync/* or logprob_gap/* figures (absent, not 0; see sync/skipped).
     metrics["sync/skipped"] = 0.0 if end.trained else 1.0
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
@@ -257,5 +267,23 @@ def end_step(run: LoopRun, end: StepEnd) -> None:
     metrics["policy_version"] = float(end.version)
     metrics.update(run.workers.health.metrics())
     run.writer.write(end.step, metrics)
+    if written is not None:
+        keep = cfg.run.keep_checkpoints
+        run.writer.submit(f"checkpoint {written.name}", lambda: finalize_checkpoint(written, keep))
     if run.on_step is not None:
         run.on_step(end.step, metrics)
+
+
+def _write_checkpoint_if_due(run: LoopRun, end: StepEnd) -> Path | None:
+    """Every `run.checkpoint_every` steps and after the last one: the learner writes `step_X.tmp` (timed as
+    timing/checkpoint); the caller queues its rename. None when no checkpoint is due."""
+    every = run.cfg.run.checkpoint_every
+    if not ((every and (end.step + 1) % every == 0) or end.step + 1 == run.total):
+        return None
+    t = time.perf_counter()
+    with run.timer.phase("checkpoint"):
+        state = LoopState(end.step + 1, end.version, end.cursor, None if end.rng is None else rng_state(end.rng))
+        tmp = write_checkpoint(run.workers.learner, run.run_dir, end.step + 1, state)
+    print(f"[rlpt] checkpoint {tmp.name.removesuffix('.tmp')} ({time.perf_counter() - t:.1f}s)", file=sys.stderr,
+          flush=True)
+    return tmp

@@ -40,10 +40,15 @@ def unpicklable(prompt: Prompt, completion: str) -> Score:
     return Score(1.0, True, {"callback": lambda: None})  # cannot travel back over the pipe
 
 
+def slow(prompt: Prompt, completion: str) -> Score:
+    time.sleep(0.4)
+    return ok(prompt, completion)
+
+
 def by_text(prompt: Prompt, completion: str) -> Score:
     """Dispatch on the completion, so one verifier process sees every kind of failure in one batch."""
     fns = {"ok": ok, "raises": raises, "hangs": hangs, "spins": spins, "exits": exits, "forks": forks_sleeper,
-           "unpicklable": unpicklable}
+           "unpicklable": unpicklable, "slow": slow}
     return fns[completion](prompt, completion)
 
 

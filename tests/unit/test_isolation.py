@@ -5,14 +5,17 @@ Each scorer start costs ~2-3 s (a spawned interpreter importing torch), so the t
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import pytest
 
-from rlpt.isolation import IsolatedScorer, VerifierProcessError
-from rlpt.types import Prompt, Rollout
+from rlpt.isolation import IsolatedScorer, VerifierProcessError, _verdict_message, verify_items
+from rlpt.scoring import score_rollout
+from rlpt.types import Prompt, Rollout, Score
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +114,34 @@ def test_load_error_raises_at_construction() -> None:
 def test_bad_timeouts_rejected_without_starting(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be > 0"):
         IsolatedScorer(BY_TEXT, error_reward=0.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_timeout_is_per_item_not_per_batch() -> None:
+    """Items of 0.4 s each take longer than timeout_s together, but none alone: every slow one is scored, and only
+    the hanging one costs a timeout (and the one restart)."""
+    rollouts = [rollout("slow", i) for i in range(3)] + [rollout("hangs", 3), rollout("slow", 4)]
+    with IsolatedScorer(BY_TEXT, timeout_s=TIMEOUT_S, error_reward=0.0) as scorer:
+        got = [(s.reward, s.error) for s in scorer.score(rollouts)]
+        assert got[:3] == [(1.0, None)] * 3 and got[4] == (1.0, None)
+        assert str(got[3][1]).startswith("timeout: ") and len(scorer.startup_s) == 2
+        verdicts = scorer.score_items(verify_items(rollouts[:1]))  # the bare verdicts, no Rollout attached
+        assert verdicts == [(1.0, True, {"uid": "p0"}, None)]
+
+
+def _returns(value: object) -> Callable[[Prompt, str], object]:
+    def verify(prompt: Prompt, completion: str) -> object:
+        if isinstance(value, Exception):
+            raise value
+        return value
+    return verify
+
+
+@pytest.mark.parametrize("value", [Score(0.5, True, {"k": 1}), Score(1, None), ValueError("bad"), "not a score"])
+def test_child_verdicts_equal_score_rollout(value: object) -> None:
+    """The child scores without building Rollouts; its verdicts must be exactly score_rollout's."""
+    verify = _returns(value)
+    r = rollout("x", 0)
+    want = score_rollout(verify, r, -2.0)  # type: ignore[arg-type]
+    index, *verdict = pickle.loads(_verdict_message(verify, 7, r.prompt, r.text, -2.0))  # type: ignore[arg-type]
+    assert index == 7 and tuple(verdict) == (want.reward, want.correct, want.info, want.error)
+    assert type(verdict[0]) is float

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlpt.background import BackgroundWriteError
 from rlpt.metrics import MetricsWriter, PhaseTimer, read_metrics
 
 pytestmark = pytest.mark.unit
@@ -44,9 +45,10 @@ def test_jsonl_and_tensorboard_hold_the_same_scalars(tmp_path: Path) -> None:
                 assert scalars[key][record["step"]] == pytest.approx(value)
 
 
-def test_each_write_is_on_disk_before_close(tmp_path: Path) -> None:
+def test_each_write_is_on_disk_after_flush(tmp_path: Path) -> None:
     writer = MetricsWriter(tmp_path, tensorboard=False)
     writer.write(7, {"loss": 0.5})
+    writer.flush()
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"loss": 0.5, "step": 7}]
     writer.close()
     writer.close()  # idempotent
@@ -151,3 +153,79 @@ def test_truncate_metrics_drops_rows_from_the_resume_step(tmp_path: Path) -> Non
     assert truncate_metrics(tmp_path / "metrics.jsonl", 3) == 2
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
     assert truncate_metrics(tmp_path / "absent.jsonl", 0) == 0
+
+
+def test_background_and_inline_writers_write_the_same_files(tmp_path: Path) -> None:
+    rows = {s: {"loss": 1.0 / (s + 1), "reward/mean": float(s % 3), "grad_norm": float("inf") if s == 4 else 1.0}
+            for s in range(20)}
+    for kind, background in (("bg", True), ("inline", False)):
+        with MetricsWriter(tmp_path / kind, background=background) as writer:
+            for step, values in rows.items():
+                mine = dict(values)
+                writer.write(step, mine)
+                mine["loss"] = -1.0  # the caller's dict is its own again once write returns
+    assert (tmp_path / "bg" / "metrics.jsonl").read_bytes() == (tmp_path / "inline" / "metrics.jsonl").read_bytes()
+    assert len(read_metrics(tmp_path / "bg" / "metrics.jsonl")) == 20
+    assert read_metrics(tmp_path / "bg" / "metrics.jsonl")[0]["loss"] == 1.0
+    assert _tb_scalars(tmp_path / "bg" / "tb").keys() == _tb_scalars(tmp_path / "inline" / "tb").keys()
+
+
+def test_submitted_jobs_run_in_order_with_the_rows(tmp_path: Path) -> None:
+    order: list[str] = []
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        writer.write(0, {"x": 0.0})
+        writer.submit("a file", lambda: order.append(f"rows on disk: {len(read_metrics(writer.path))}"))
+        writer.write(1, {"x": 1.0})
+        writer.submit("another", lambda: order.append(f"rows on disk: {len(read_metrics(writer.path))}"))
+    assert order == ["rows on disk: 1", "rows on disk: 2"]
+    with pytest.raises(ValueError, match="closed"):
+        writer.submit("late", lambda: None)
+
+
+def test_a_failed_write_raises_once_and_later_writes_are_skipped(tmp_path: Path) -> None:
+    ran: list[int] = []
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(0, {"x": 0.0})
+    writer.submit("rollouts of step 0", fail)
+    writer.write(1, {"x": 1.0})  # queued behind the failure: never written (nothing past a gap)
+    with pytest.raises(BackgroundWriteError, match=r"writing rollouts of step 0 failed: OSError: disk full"):
+        writer.flush()
+    with pytest.raises(BackgroundWriteError, match="disk full"):  # and on every later submit
+        writer.submit("next", lambda: ran.append(1))
+    writer.close()  # already reported: close does not raise it again
+    assert ran == [] and read_metrics(tmp_path / "metrics.jsonl") == [{"step": 0, "x": 0.0}]
+
+
+def test_close_raises_a_failure_nobody_saw_and_keeps_the_runs_own_error(tmp_path: Path) -> None:
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.submit("a checkpoint", lambda: 1 / 0)
+    with pytest.raises(BackgroundWriteError, match="a checkpoint failed: ZeroDivisionError"):
+        writer.close()
+    with pytest.raises(RuntimeError, match="learner died") as info:
+        with MetricsWriter(tmp_path / "b", tensorboard=False) as w:
+            w.submit("rollouts", lambda: 1 / 0)
+            raise RuntimeError("learner died")
+    assert any("rollouts failed" in note for note in info.value.__notes__)
+
+
+def test_background_writer_is_bounded_and_close_flushes_everything(tmp_path: Path) -> None:
+    import threading
+
+    from rlpt.background import BackgroundWriter
+
+    gate, done = threading.Event(), []
+    writer = BackgroundWriter("test writer", max_pending=1)
+    writer.submit("blocked", gate.wait)
+    writer.submit("queued", lambda: done.append(1))  # fills the queue while the first job waits on the gate
+    third = threading.Thread(target=writer.submit, args=("third", lambda: done.append(2)))
+    third.start()
+    third.join(0.3)
+    blocked = third.is_alive()  # held back by the full queue until the gate opens
+    gate.set()
+    third.join()
+    writer.close()
+    assert blocked and done == [1, 2]
