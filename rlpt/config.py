@@ -246,8 +246,10 @@ class SyncConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = Field(120.0, gt=0)
     probe_tolerance: float = Field(1e-3, gt=0, description="max |engine - learner| logprob on the probe sequence")
-    probe_every: int = Field(1, ge=1, description="probe every N-th version (1 = every sync); a group's first sync "
-                                                  "after it forms (a new or replacement engine) is always probed")
+    probe_every: int = Field(10, ge=1, description="probe every N-th version (1 = every sync); a group's first sync "
+                                                   "after it forms (a new or replacement engine) is always probed. "
+                                                   "Between probes logprob_gap/* (engine vs learner logprobs of the "
+                                                   "trained tokens, every step) shows a drift")
 
 
 # --------------------------------------------------------------------------------------------------- cluster
