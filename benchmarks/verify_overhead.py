@@ -81,7 +81,7 @@ def ray_median_s(rollouts: Sequence[Any], reps: int, code_root: Path) -> float:
     from actors.verifier import VerifierPool, VerifierWorker
 
     # The actor imports rlpt and actors from the same tree as this process (PYTHONPATH beats the editable install).
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(code_root), "RAY_USAGE_STATS_ENABLED": "0"}})
     try:
         where = ray.get(ray.remote(_module_file).remote("actors.verifier"))

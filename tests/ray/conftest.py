@@ -17,7 +17,7 @@ def ray_cluster():
 
     env = {k: os.environ.get(k, v) for k, v in ACTOR_ENV.items()}
     env["PYTHONPATH"] = os.getcwd()
-    ray.init(num_cpus=10, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(address="local", num_cpus=10, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     yield ray
     ray.shutdown()
 
