@@ -54,9 +54,10 @@ def nodes(out: Path) -> None:
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep)
     events: list[dict] = []
-    state = {"joined_at": None, "remover": None}
+    state = {"joined_at": None, "remover": None, "last_step": -1}
 
     def on_step(step: int, m: dict) -> None:
+        state["last_step"] = step
         size = int(m["fleet/size"])
         if step == 2:
             cluster.add_node(**ROLLOUT_NODE)
@@ -71,6 +72,9 @@ def nodes(out: Path) -> None:
             def remove() -> None:
                 time.sleep(0.05)  # let the next step start generating
                 cluster.remove_node(node_a, allow_graceful=False)
+                # how long killing a raylet takes varies with the machine's load: record where the run was when
+                # the node was really gone, so the test can bound when its engine must have left
+                events.append({"event": "node_gone", "last_step_done": state["last_step"]})
             state["remover"] = threading.Thread(target=remove)
             state["remover"].start()
             events.append({"event": "node_removed", "after_step": step})

@@ -48,9 +48,13 @@ def test_nodes_join_and_leave_mid_run(tmp_path, ray_cluster, tiny_root):
     joined_at = sizes.index(2)
     assert sizes[:3] == [1, 1, 1] and joined_at == 3  # node added after step 2, the engine joins at that boundary
     left_at = joined_at + sizes[joined_at:].index(1)
-    # the node is removed from a thread as step joined_at + 4 starts: its engine dies during that step's generation
-    # (work re-issued, dropped at that step's boundary) or just after it (dropped at the next one)
-    assert left_at in (joined_at + 4, joined_at + 5) and set(sizes[left_at:]) == {1}
+    # the node is removed from a thread as step joined_at + 4 starts; killing its raylet takes a while that varies
+    # with load, so the scenario records the last finished step when the node was really gone. Its engine dies
+    # during the step then running (work re-issued, dropped at that step's boundary) or soon after it (dropped at
+    # one of the next two); it never leaves before the removal began
+    gone = next(e for e in res["summary"]["events"] if e["event"] == "node_gone")["last_step_done"]
+    assert joined_at + 4 <= left_at <= gone + 3, (left_at, gone)
+    assert set(sizes[left_at:]) == {1}
     assert rows[-1]["fleet/joined"] == 1 and rows[-1]["fleet/left"] == 1
     assert rows[-1]["faults/rollout_restarts"] == 1 and rows[-1]["fleet/pending"] == 1  # replacement awaits capacity
     # on-policy throughout: every rollout came from the version the learner had (no stale engine ever served),
