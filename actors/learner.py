@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from actors.calls import ActorCallTimeout, ActorLost, gather
+from actors.learner_weights import LearnerWeights
 from actors.weight_sync import GroupSpec, WeightGroup, host_store, resolve_backend
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import StepPlan
@@ -169,33 +170,62 @@ class LearnerRank:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             yield module
 
-    def sync_plan(self) -> SyncPlan | None:
-        state = self._gathered_state()
-        if state is None:
-            return None
-        self.plan = plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in state.items()],
-                                 int(self.cfg.sync.bucket_mb * 2**20))
+    # ------------------------------------------------------------------------------------------ weight sync
+    def _sync_weights(self) -> LearnerWeights:
+        """What this rank syncs, bucket by bucket (rebuilt with the engine, e.g. after reset_to_base)."""
+        weights = getattr(self, "_weights", None)
+        if weights is None or weights.module is not self.engine.module:
+            weights = self._weights = LearnerWeights(self.engine.module, self.cfg.learner.zero_stage == 3,
+                                                     self.lora_scaling, self.tie_embeddings)
+        return weights
+
+    def _sync_plan(self) -> SyncPlan:
+        if self.plan is None:
+            self.plan = plan_buckets(self._sync_weights().specs(), int(self.cfg.sync.bucket_mb * 2**20))
         return self.plan
+
+    def sync_plan(self) -> SyncPlan | None:
+        """The bucket layout (rank 0; None elsewhere). No gather: under ZeRO-3 shapes come from `ds_shape`."""
+        plan = self._sync_plan()
+        return plan if self.rank == 0 else None
 
     def open_sync_group(self, host: str) -> int:
         """A fresh store for a new group generation. The old group is closed first: after a failed sync, members
-        still blocked in its broadcast then fail at once (their peer is gone) instead of at the backend timeout."""
-        self.group = None
+        still blocked in it then fail at once (their peer is gone) instead of at the backend timeout."""
+        self.leave_sync_group()
         self._store = host_store(host, self.cfg.sync.timeout_s)
         return int(self._store.port)
 
     def leave_sync_group(self) -> None:
-        """Close this rank's end of the group (after a failed sync: members blocked in it fail at once)."""
-        self.group = None
+        """Close this rank's end of the group and the store it hosts (after a failed sync: members blocked in
+        either fail at once); its shared memory, if any, goes with it."""
+        if self.group is not None:
+            self.group.close()
+        self.group = self._store = None
 
     def join_sync_group(self, spec: GroupSpec) -> None:
-        self.group = WeightGroup(spec, 0, store=self._store)
+        """Rank 0's side of the rendezvous; it offers shared memory sized to its plan's largest bucket."""
+        self.group = WeightGroup(spec, 0, store=self._store, slot_bytes=self._sync_plan().max_bucket_bytes)
 
     def send_weights(self, version: int) -> None:
-        state = self._gathered_state()
-        if state is not None:
-            assert self.group is not None and self.plan is not None, "join_sync_group/sync_plan first"
-            self.group.send(self.plan, version, lambda i: {s.name: state[s.name] for s in self.plan.buckets[i].slots})
+        """Rank 0 sends bucket by bucket; under ZeRO-3 every other rank joins each part's gather, in plan order
+        (rank 0 enters them all even when the transfer fails, so no rank is left inside a gather)."""
+        plan, weights = self._sync_plan(), self._sync_weights()
+        part = plan.max_bucket_bytes // 4  # ZeRO-3 gathers (actors/learner_weights.py): rank 0 stays under 2 buckets
+        if self.rank != 0:
+            for bucket in plan.buckets:
+                for _ in weights.parts(bucket, part, keep=False):
+                    pass
+            return
+        assert self.group is not None, "join_sync_group first"
+        self.group.send(plan, version, lambda i: weights.parts(plan.buckets[i], part))
+
+    def sync_stats(self) -> dict[str, float | str]:
+        """Figures of this rank's last send: the transport and seconds per phase (rank 0), and the most parameter
+        bytes one ZeRO-3 gather held (every rank)."""
+        group: dict[str, float | str] = {} if self.group is None else {**self.group.times,
+                                                                       "transport": self.group.transport_name}
+        return {**group, "max_gathered_bytes": float(self._sync_weights().max_gathered_bytes)}
 
     def checksums(self) -> dict[str, str]:
         """Per-parameter checksums of the training copy, split by trainable or frozen (for tests and audits)."""

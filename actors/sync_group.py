@@ -60,7 +60,8 @@ class SyncMembership:
             bases.append(nxt)
             nxt += width
         spec = GroupSpec(name=f"weights-{self.generation}", host=self.host, port=port,
-                         backend=resolve_backend(cfg.sync.backend), timeout_s=cfg.sync.timeout_s, labels=tuple(labels))
+                         backend=resolve_backend(cfg.sync.backend), timeout_s=cfg.sync.timeout_s, labels=tuple(labels),
+                         transport=cfg.sync.transport)
         joins = [self.rank0.join_sync_group.remote(spec)] + [a.join_sync.remote(spec, b) for a, b in zip(actors, bases)]
         try:
             gather("weight-sync group", joins, ["learner rank 0", *names], self.join_timeout_s)
@@ -123,18 +124,33 @@ class EngineSync:
         except (ActorCallTimeout, ActorLost) as e:
             raise SyncGroupError(str(e)) from None
 
-    def probe_diff(self) -> float:
+    def probe_diff(self) -> float | None:
+        """The largest |engine - learner| probe logprob over the live members (None if none is left). A member
+        that dies during the probe is skipped, not fatal: the fleet drops and replaces it at the next boundary,
+        like an engine that dies while generating."""
+        import ray
+        from ray.exceptions import RayActorError
+
         workers, names = self.membership.members()
         refs = [w.probe.remote(self.probe_ids) for w in workers]  # the members probe while the learner does
         want = self.learner.probe(self.probe_ids)
-        got = self._wait("sync probe", refs, names)
-        worst = 0.0
-        for name, lps in zip(names, got):
+        done, late = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        if late:
+            who = ", ".join(name for name, ref in zip(names, refs) if ref in late)
+            raise SyncGroupError(f"sync probe: {who} did not finish within {self.timeout_s}s")
+        worst: float | None = None
+        for name, ref in zip(names, refs):
+            try:
+                lps = ray.get(ref)
+            except RayActorError as e:
+                print(f"[rlpt] {name} died during the sync probe ({first_line(e)}); the fleet replaces it at the "
+                      f"next step boundary", file=sys.stderr)
+                continue
             diff = max(abs(a - b) for a, b in zip(lps, want))
             if diff > self.tolerance:
                 raise SyncMismatchError(f"after sync, {name} differs from the learner by {diff:.3g} in probe "
                                         f"logprobs (tolerance sync.probe_tolerance={self.tolerance})")
-            worst = max(worst, diff)
+            worst = diff if worst is None else max(worst, diff)
         return worst
 
     def sync(self, version: int) -> SyncReport:

@@ -15,6 +15,10 @@ class RlptWorkerExtension:
 
     def rlpt_join_sync(self, spec: GroupSpec, rank_base: int) -> int:
         rank = rank_base + int(getattr(self, "rank", 0))
+        old = getattr(self, "_rlpt_group", None)
+        if old is not None:  # a new generation: let go of the old group's process group and shared memory first
+            old.close()
+        self._rlpt_group = None
         self._rlpt_group = WeightGroup(spec, rank)  # noqa: SLF001 - our own attribute on the worker
         return rank
 

@@ -1,15 +1,23 @@
-"""Weight sync learner rank 0 -> rollout engines over one broadcast process group (NCCL on GPU, gloo on CPU).
-
-One code path for both backends: `backend` picks the process-group class and the device of the flat buckets;
-everything else (rendezvous, bucketing, timeouts, error naming) is shared.
+"""Weight sync learner rank 0 -> rollout engines: one group per generation, two transports behind one code path.
 
 - Rendezvous: learner rank 0 hosts a TCPStore on a free port; every member (rank 0 = learner, ranks 1.. = engine
   workers) writes `joined/<rank>`; rank 0 waits for all with a deadline and, on expiry, names the members that
-  never joined. Members wait for `ready` the same way and name rank 0 if it never comes.
-- Transfer: weights travel as flat per-dtype buckets (`rlpt.weights.plan_buckets`), one broadcast per bucket, each
-  with a timeout. Receivers stream: a generator receives bucket i and yields views of its tensors, so the engine's
-  loader consumes one bucket at a time (a fresh buffer per bucket: the loader may keep references).
-- After a transfer each receiver writes `done/<version>/<rank>`; on a timeout, rank 0 names whoever is missing.
+  never joined. Members wait for `ready` the same way and name rank 0 if it never comes. Rank 0 decides the
+  transport there and then (`ready` carries it); both sides also open a process group (`backend`: NCCL on GPU,
+  gloo on CPU).
+- Transports (`sync.transport`, selected by the explicit `TRANSPORTS` dict):
+  `broadcast`: one broadcast per bucket over the process group, for members on other nodes and for NCCL;
+  `shm` (gloo only): every member maps one shared-memory slot of rank 0 (actors.shm_slot). Rank 0 packs bucket i
+  into the slot and says so through the store; members copy it into reusable private buffers, say so, and hand
+  views of their copy to the engine's loader while rank 0 gathers and packs bucket i + 1. No byte crosses a socket.
+  `auto` (default) is `shm` when the backend is gloo and every member could map the slot, else `broadcast`.
+- Weights travel as flat per-dtype buckets (`rlpt.weights.plan_buckets`). Rank 0 asks for bucket i's tensors only
+  when it sends bucket i, part by part (a ZeRO-3 learner gathers each part just then), and asks for every part of
+  every bucket even after a failure, so the other learner ranks are never left inside a gather.
+- Failures name the peer: a member that is late past `timeout_s` is named; so is one that dies (shm: a gloo
+  barrier rank 0 posts at the start of each sync and members enter after loading fails at once when a peer's
+  connection closes; broadcast: the broadcast itself fails). Closing rank 0's end (`close`, also on re-form) makes
+  every member blocked in the group fail at once: its process group and store go away.
 """
 
 from __future__ import annotations
@@ -22,12 +30,12 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 
-from rlpt.errors import RunFault
-from rlpt.weights import SyncPlan, pack, unpack
+from actors.shm_slot import SharedSlot
+from actors.sync_transports import TRANSPORTS, Parts, SyncGroupError, Transport, wait_keys
+from rlpt.weights import SyncPlan, unpack
 
-
-class SyncGroupError(RunFault):
-    """A weight-sync collective failed or timed out; the message names the peer(s) and the phase."""
+__all__ = ["GroupSpec", "SyncGroupError", "WeightGroup", "buffer_device", "host_store", "receive_into",
+           "resolve_backend"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class GroupSpec:
     backend: str  # "gloo" | "nccl"
     timeout_s: float
     labels: tuple[str, ...]
+    transport: str = "auto"  # requested: "auto" | "shm" | "broadcast" (rank 0 decides at the rendezvous)
 
     @property
     def world_size(self) -> int:
@@ -61,21 +70,14 @@ def host_store(host: str, timeout_s: float) -> dist.TCPStore:
     return dist.TCPStore(host, 0, is_master=True, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
-def _wait_keys(store: dist.Store, keys: list[str], timeout_s: float) -> list[str]:
-    """Poll until every key exists or the deadline passes; return the keys still missing."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = [k for k in keys if not store.check([k])]
-        if not missing or time.monotonic() > deadline:
-            return missing
-        time.sleep(0.02)
-
-
 class WeightGroup:
-    """This process's membership of one weight-sync group."""
+    """This process's membership of one weight-sync group. Rank 0 passes `slot_bytes` (its plan's largest bucket)
+    to offer the shared-memory transport."""
 
-    def __init__(self, spec: GroupSpec, rank: int, store: dist.Store | None = None) -> None:
+    def __init__(self, spec: GroupSpec, rank: int, store: dist.Store | None = None, slot_bytes: int = 0) -> None:
         self.spec, self.rank = spec, rank
+        self.slot: SharedSlot | None = None
+        self.times: dict[str, float] = {}  # seconds per phase of the last send/receive (benchmarks, profiles)
         timeout = timedelta(seconds=spec.timeout_s)
         if store is None:
             try:
@@ -84,8 +86,10 @@ class WeightGroup:
                 raise SyncGroupError(f"{spec.labels[rank]}: cannot reach the sync store of {spec.labels[0]} at "
                                      f"{spec.host}:{spec.port} within {spec.timeout_s}s: {e}") from e
         self.store = dist.PrefixStore(spec.name, store)
-        self._rendezvous()
-        pg_store = dist.PrefixStore("pg", self.store)
+        chosen = self._host_rendezvous(slot_bytes) if rank == 0 else self._member_rendezvous()
+        if rank == 0:  # the process group may outlive close() (ShmTransport.close): it must not keep the store up
+            store = dist.TCPStore(spec.host, spec.port, is_master=False, timeout=timeout)
+        pg_store = dist.PrefixStore("pg", dist.PrefixStore(spec.name, store))
         if spec.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
@@ -93,50 +97,137 @@ class WeightGroup:
         else:
             self.pg = dist.ProcessGroupGloo(pg_store, rank, spec.world_size, timeout)
         self.device = buffer_device(spec.backend)
+        self.transport_name = chosen
+        self.transport: Transport = TRANSPORTS[chosen](self)
 
-    def _rendezvous(self) -> None:
+    # ----------------------------------------------------------------------------------------- rendezvous
+    def _offer_slot(self, slot_bytes: int) -> SharedSlot | None:
         s = self.spec
-        self.store.set(f"joined/{self.rank}", "1")
-        if self.rank == 0:
-            missing = _wait_keys(self.store, [f"joined/{r}" for r in range(s.world_size)], s.timeout_s)
-            if missing:
-                who = ", ".join(s.labels[int(k.split("/")[1])] for k in missing)
-                raise SyncGroupError(f"weight-sync group {s.name}: {who} did not join within {s.timeout_s}s")
-            self.store.set("ready", "1")
-        elif _wait_keys(self.store, ["ready"], s.timeout_s):
-            raise SyncGroupError(f"weight-sync group {s.name}: {s.labels[0]} (rank 0) did not confirm the group "
-                                 f"within {s.timeout_s}s (seen from {s.labels[self.rank]})")
+        if s.transport == "broadcast" or (s.transport == "auto" and (s.backend != "gloo" or slot_bytes <= 0)):
+            return None
+        if s.backend != "gloo":
+            raise SyncGroupError(f"weight-sync group {s.name}: sync.transport=shm needs the gloo backend (CPU); "
+                                 f"with {s.backend} use sync.transport=broadcast (or auto)")
+        slot = SharedSlot.create(slot_bytes) if slot_bytes > 0 else None
+        if slot is None:
+            raise SyncGroupError(f"weight-sync group {s.name}: sync.transport=shm but {s.labels[0]} has no shared "
+                                 f"memory to offer (no /dev/shm, or no sync plan when it joined)")
+        return slot
 
-    def _broadcast(self, flat: torch.Tensor, what: str) -> None:
+    def _host_rendezvous(self, slot_bytes: int) -> str:
+        s = self.spec
+        offer = self._offer_slot(slot_bytes)
+        self.store.set("offer", offer.describe() if offer else "")
+        self.store.set("joined/0", "1")
         try:
-            self.pg.broadcast([flat], dist.BroadcastOptions()).wait(timedelta(seconds=self.spec.timeout_s))
-        except Exception as e:  # noqa: BLE001 - a raw gloo/NCCL error says nothing about who failed
-            raise SyncGroupError(f"weight-sync group {self.spec.name}: {what} failed on {self.spec.labels[self.rank]}"
-                                 f" within {self.spec.timeout_s}s: {e}") from e
+            missing, _ = wait_keys(self.store, [f"joined/{r}" for r in range(1, s.world_size)], s.timeout_s)
+        finally:
+            if offer is not None:
+                offer.unlink()  # every member has mapped it by now, or never will: nothing stays in /dev/shm
+        if missing:
+            who = ", ".join(s.labels[int(k.split("/")[1])] for k in missing)
+            raise SyncGroupError(f"weight-sync group {s.name}: {who} did not join within {s.timeout_s}s")
+        cannot = [s.labels[r] for r in range(1, s.world_size) if self.store.get(f"joined/{r}") != b"shm"]
+        chosen = "shm" if offer is not None and not cannot else "broadcast"
+        if s.transport == "shm" and chosen != "shm":
+            self.store.set("ready", "refused")
+            raise SyncGroupError(f"weight-sync group {s.name}: sync.transport=shm but {', '.join(cannot)} cannot map "
+                                 f"the shared memory of {s.labels[0]} (another node?); use sync.transport=auto")
+        self.slot = offer if chosen == "shm" else None
+        self.store.set("ready", chosen)
+        return chosen
+
+    def _member_rendezvous(self) -> str:
+        s, me = self.spec, self.spec.labels[self.rank]
+        late = f"weight-sync group {s.name}: {s.labels[0]} (rank 0) did not confirm the group within {s.timeout_s}s"
+        if wait_keys(self.store, ["offer"], s.timeout_s)[0]:
+            raise SyncGroupError(f"{late} (seen from {me})")
+        offer = self.store.get("offer").decode()
+        self.slot = SharedSlot.attach(offer) if offer else None
+        self.store.set(f"joined/{self.rank}", "shm" if self.slot is not None else "tcp")
+        if wait_keys(self.store, ["ready"], s.timeout_s)[0]:
+            raise SyncGroupError(f"{late} (seen from {me})")
+        chosen = self.store.get("ready").decode()
+        if chosen not in TRANSPORTS:
+            raise SyncGroupError(f"weight-sync group {s.name}: {s.labels[0]} refused the group (sync.transport=shm "
+                                 f"and a member cannot map its shared memory; seen from {me})")
+        if chosen != "shm":
+            self.slot = None
+        return chosen
+
+    def close(self) -> None:
+        """Leave the group. Rank 0 says so in the store and its process group closes, so members blocked in either
+        fail at once instead of at the timeout."""
+        if self.rank == 0:
+            try:
+                self.store.set("closed", "1")
+            except Exception:  # noqa: BLE001 - a store that is already gone tells members the same
+                pass
+            if self.slot is not None:
+                self.slot.unlink()  # already gone after a successful rendezvous; this covers a failed one
+        if self.transport is not None:
+            self.transport.close()
+        self.transport = None  # type: ignore[assignment]
+        self.pg = self.store = self.slot = None  # type: ignore[assignment]
+
+    def members(self) -> range:
+        return range(1, self.spec.world_size)
+
+    def fail(self, what: str, error: BaseException | str) -> SyncGroupError:
+        return SyncGroupError(f"weight-sync group {self.spec.name}: {what} failed on {self.spec.labels[self.rank]} "
+                              f"within {self.spec.timeout_s}s: {error}")
 
     # ---------------------------------------------------------------------------------------------- sender
-    def send(self, plan: SyncPlan, version: int, tensors: Callable[[int], dict[str, torch.Tensor]]) -> None:
-        """Rank 0: broadcast every bucket. `tensors(i)` returns bucket i's named tensors (gathered lazily, so a
-        ZeRO-3 learner materialises one bucket at a time)."""
-        for i, bucket in enumerate(plan.buckets):
-            named = {k: v.detach().to(self.device) for k, v in tensors(i).items()}
-            self._broadcast(pack(bucket, named), f"sending bucket {i + 1}/{len(plan.buckets)} of v{version}")
-        missing = _wait_keys(self.store, [f"done/{version}/{r}" for r in range(1, self.spec.world_size)],
-                             self.spec.timeout_s)
-        if missing:
-            who = ", ".join(self.spec.labels[int(k.split("/")[2])] for k in missing)
-            raise SyncGroupError(f"weight-sync v{version}: {who} did not confirm loading within {self.spec.timeout_s}s")
+    def send(self, plan: SyncPlan, version: int, parts: Callable[[int], Parts]) -> None:
+        """Rank 0: send every bucket. `parts(i)` yields bucket i's named tensors in parts (a ZeRO-3 learner gathers
+        each part when asked: a collective of every learner rank). Every part is asked for even after the transport
+        failed, so the other learner ranks finish their gathers; then the failure is raised."""
+        self.times = {"gather": 0.0, "put": 0.0, "end": 0.0}
+        error: SyncGroupError | None = None
+        try:
+            self.transport.begin(plan, version)
+        except SyncGroupError as e:
+            error = e
+        for i in range(len(plan.buckets)):
+            start, gathered = time.perf_counter(), self.times["gather"]
+            bucket_parts = _timed(parts(i), self.times)
+            if error is None:
+                try:
+                    self.transport.put(i, plan, bucket_parts, version)
+                except SyncGroupError as e:
+                    error = e
+            for _ in bucket_parts:  # what the transport did not take: the other ranks' gathers wait for ours
+                pass
+            self.times["put"] += time.perf_counter() - start - (self.times["gather"] - gathered)
+        if error is not None:
+            raise error
+        start = time.perf_counter()
+        self.transport.end(plan, version)
+        self.times["end"] = time.perf_counter() - start
 
     # -------------------------------------------------------------------------------------------- receiver
     def receive(self, plan: SyncPlan, version: int) -> Iterator[tuple[str, torch.Tensor]]:
         """Members: yield (name, tensor) bucket by bucket as they arrive. Call `confirm(version)` after loading."""
+        self.times = {"take": 0.0}
         for i, bucket in enumerate(plan.buckets):
-            flat = torch.empty(bucket.numel, dtype=getattr(torch, bucket.dtype), device=self.device)
-            self._broadcast(flat, f"receiving bucket {i + 1}/{len(plan.buckets)} of v{version}")
+            start = time.perf_counter()
+            flat = self.transport.take(i, plan, version)
+            self.times["take"] += time.perf_counter() - start
             yield from unpack(bucket, flat)
 
     def confirm(self, version: int) -> None:
-        self.store.set(f"done/{version}/{self.rank}", "1")
+        self.transport.confirm(version)
+
+
+def _timed(parts: Parts, times: dict[str, float]) -> Parts:
+    """`parts`, adding the time spent producing them (gathering) to times["gather"]."""
+    while True:
+        start = time.perf_counter()
+        part = next(parts, None)
+        times["gather"] += time.perf_counter() - start
+        if part is None:
+            return
+        yield part
 
 
 def receive_into(group: WeightGroup, plan: SyncPlan, version: int,
@@ -144,6 +235,7 @@ def receive_into(group: WeightGroup, plan: SyncPlan, version: int,
     """Stream the weights of `version` into `load` (an engine's in-place reload) and confirm. Returns #tensors."""
     count = 0
     stream = group.receive(plan, version)
+    start = time.perf_counter()
 
     def counted() -> Iterator[tuple[str, torch.Tensor]]:
         nonlocal count
@@ -152,8 +244,9 @@ def receive_into(group: WeightGroup, plan: SyncPlan, version: int,
             yield item
 
     load(counted())
-    for _ in stream:  # the sender blocks until every bucket's broadcast completes: drain what the loader left
+    for _ in stream:  # the sender waits until every bucket was taken: drain what the loader left
         pass
+    group.times["load"] = time.perf_counter() - start - group.times["take"]
     if count != plan.num_tensors:
         raise SyncGroupError(f"weight-sync v{version}: {group.spec.labels[group.rank]} loaded {count} of "
                              f"{plan.num_tensors} tensors (the engine's loader stopped early)")

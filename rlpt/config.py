@@ -244,6 +244,9 @@ class LearnerConfig(_Section):
 class SyncConfig(_Section):
     bucket_mb: float = Field(256.0, gt=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    transport: Literal["auto", "shm", "broadcast"] = Field(
+        "auto", description="shm: members map learner rank 0's shared memory (gloo, same node); broadcast: one "
+        "broadcast per bucket over the group's backend; auto: shm when every member can, else broadcast")
     timeout_s: float = Field(120.0, gt=0)
     probe_tolerance: float = Field(1e-3, gt=0, description="max |engine - learner| logprob on the probe sequence")
     probe_every: int = Field(10, ge=1, description="probe every N-th version (1 = every sync); a group's first sync "

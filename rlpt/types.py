@@ -119,7 +119,7 @@ class SyncReport:
     after an engine died inside it."""
 
     seconds: float
-    probe_max_abs_diff: float | None  # None on a sync the probe schedule skipped (sync.probe_every)
+    probe_max_abs_diff: float | None  # None: the probe schedule skipped it (sync.probe_every), or no member was left
     version: int
     retries: int = 0
 

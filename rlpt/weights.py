@@ -12,6 +12,7 @@ picklable `SyncPlan` (names, shapes, offsets; no tensors) computed once by `plan
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DeepSpeed/DDP wrapper, torch.compile wrapper
+_PEFT_PREFIX = "base_model.model."
+_LORA_PIECE = re.compile(r"^(?P<path>.+)\.lora_[AB]\.[^.]+\.weight$")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Bucket:
     def nbytes(self) -> int:
         return self.numel * self.torch_dtype.itemsize
 
+    def subset(self, names: Iterable[str]) -> Bucket:
+        """The same flat layout with only the named slots (to pack a bucket part by part)."""
+        keep = set(names)
+        return Bucket(dtype=self.dtype, numel=self.numel, slots=tuple(s for s in self.slots if s.name in keep))
+
 
 @dataclass(frozen=True)
 class SyncPlan:
@@ -61,6 +69,11 @@ class SyncPlan:
     @property
     def total_bytes(self) -> int:
         return sum(b.nbytes for b in self.buckets)
+
+    @property
+    def max_bucket_bytes(self) -> int:
+        """The largest bucket: what one reusable transfer buffer must hold."""
+        return max((b.nbytes for b in self.buckets), default=0)
 
     def names(self) -> list[str]:
         return [s.name for b in self.buckets for s in b.slots]
@@ -153,6 +166,23 @@ def pack(bucket: Bucket, tensors: Mapping[str, Tensor], out: Tensor | None = Non
     return out
 
 
+def pack_parts(bucket: Bucket, parts: Iterable[Mapping[str, Tensor]], out: Tensor) -> Tensor:
+    """`pack` for tensors that come in parts (e.g. gathered part by part, each valid only until the next): each part
+    is copied into `out` as it arrives; together the parts must cover every slot exactly once."""
+    done: set[str] = set()
+    for named in parts:
+        part = bucket.subset(named)
+        twice = done.intersection(s.name for s in part.slots)
+        if twice:
+            raise ValueError(f"tensors {sorted(twice)} came in two parts of one bucket")
+        pack(part, named, out)
+        done.update(s.name for s in part.slots)
+    missing = [s.name for s in bucket.slots if s.name not in done]
+    if missing:
+        raise ValueError(f"tensors {missing} are in the sync plan but came in no part of their bucket")
+    return out
+
+
 def _check_tensor(slot: TensorSlot, tensors: Mapping[str, Tensor], dtype: torch.dtype) -> None:
     if slot.name not in tensors:
         raise ValueError(f"tensor {slot.name!r} is in the sync plan but missing from the tensors to pack")
@@ -205,3 +235,36 @@ def hf_param_name(name: str) -> str:
             if name.startswith(prefix):
                 name, stripped = name[len(prefix):], True
     return name
+
+
+def sync_sources(raw_names: Sequence[str], tied_embeddings: bool) -> dict[str, tuple[str, ...]]:
+    """Which raw state-dict entries each synced (HF-named) tensor is made of: its base entry first, then any LoRA
+    pieces merged into it. Lets a learner plan and gather a sync bucket by bucket without the whole state.
+
+    The names are those of `rlpt.models.lora.merged_state_dict` followed by `hf_param_name` (a test holds them
+    equal): a peft piece `<path>.lora_A|B.<adapter>.weight` merges into `<path>.weight`, `base_model.model.` and
+    `.base_layer.` go, wrapper prefixes go. With tied embeddings `lm_head.weight` is not synced (the engine re-ties
+    it from the embeddings). Order: the base entries' order.
+
+    >>> src = sync_sources(["base_model.model.q.base_layer.weight", "base_model.model.q.lora_A.default.weight",
+    ...                     "base_model.model.q.lora_B.default.weight", "base_model.model.lm_head.weight"], True)
+    >>> [(name, [raw.split(".")[-3] for raw in raws]) for name, raws in src.items()]
+    [('q.weight', ['q', 'lora_A', 'lora_B'])]
+    """
+    bases: dict[str, str] = {}
+    pieces: dict[str, list[str]] = {}
+    for raw in raw_names:
+        m = _LORA_PIECE.match(raw)
+        if m:
+            pieces.setdefault(hf_param_name(m["path"].removeprefix(_PEFT_PREFIX) + ".weight"), []).append(raw)
+            continue
+        name = hf_param_name(raw.removeprefix(_PEFT_PREFIX).replace(".base_layer.", "."))
+        if name in bases:
+            raise ValueError(f"{bases[name]!r} and {raw!r} both sync as {name!r}")
+        bases[name] = raw
+    orphans = sorted(set(pieces) - set(bases))
+    if orphans:
+        raise ValueError(f"LoRA pieces without a base weight: {orphans}")
+    if tied_embeddings:
+        bases.pop("lm_head.weight", None)
+    return {name: (raw, *pieces.get(name, ())) for name, raw in bases.items()}

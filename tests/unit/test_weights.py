@@ -13,6 +13,7 @@ from rlpt.weights import (
     TensorSlot,
     hf_param_name,
     pack,
+    pack_parts,
     plan_buckets,
     state_checksum,
     unpack,
@@ -182,3 +183,17 @@ def test_checksum_equal_state_order_independent_and_sensitive() -> None:
 ])
 def test_hf_param_name(name: str, expected: str) -> None:
     assert hf_param_name(name) == expected
+
+
+def test_pack_parts_fills_the_bucket_part_by_part_and_checks_coverage() -> None:
+    ts = {"a": torch.randn(2, 3), "b": torch.randn(4), "c": torch.randn(1)}
+    bucket = plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in ts.items()], bucket_bytes=1 << 10).buckets[0]
+    assert bucket.subset(["c", "a", "zzz"]).slots == (bucket.slots[0], bucket.slots[2])
+    whole = pack(bucket, ts)
+    out = torch.full_like(whole, float("nan"))
+    pack_parts(bucket, iter([{"b": ts["b"]}, {"a": ts["a"], "c": ts["c"]}]), out)
+    assert torch.equal(raw_bytes(out), raw_bytes(whole))
+    with pytest.raises(ValueError, match=r"\['c'\] are in the sync plan but came in no part"):
+        pack_parts(bucket, iter([{"a": ts["a"], "b": ts["b"]}]), out)
+    with pytest.raises(ValueError, match=r"\['a'\] came in two parts"):
+        pack_parts(bucket, iter([{"a": ts["a"]}, {"a": ts["a"], "b": ts["b"], "c": ts["c"]}]), out)
