@@ -49,6 +49,18 @@ def cmd_config_schema(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(ns: argparse.Namespace) -> int:
+    from rlpt.config_reference import render
+
+    text = render()
+    if ns.out is None:
+        sys.stdout.write(text)
+    else:
+        Path(ns.out).write_text(text, encoding="utf-8")
+        out.print(f"wrote the configuration reference to {ns.out}")
+    return 0
+
+
 def cmd_model_init_tiny(ns: argparse.Namespace) -> int:
     from rlpt.models.tiny import init_tiny
 
@@ -182,12 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlpt", description="Ray-distributed RL post-training for LLMs")
     sub = p.add_subparsers(dest="command", required=True)
 
-    config = sub.add_parser("config", help="show the resolved config or its schema").add_subparsers(
+    config = sub.add_parser("config", help="show the resolved config, its schema or its reference").add_subparsers(
         dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved config: rlpt config show [CONFIG] [key=value ...]")
     show.add_argument("args", nargs="*", metavar="CONFIG|key.path=value")
     show.set_defaults(fn=cmd_config_show)
     config.add_parser("schema", help="print the JSON schema of the config").set_defaults(fn=cmd_config_schema)
+    ref = config.add_parser("reference", help="the configuration reference (docs/config.md) as Markdown: every key, "
+                                              "type, default, description and the recipes that set it")
+    ref.add_argument("--out", default=None, help="write it to this file (default: print it)")
+    ref.set_defaults(fn=cmd_config_reference)
 
     model = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="build a random-init tiny model + locally trained tokenizer")

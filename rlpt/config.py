@@ -36,28 +36,33 @@ class _Section(BaseModel):
 
 # ----------------------------------------------------------------------------------------------------- model
 class LoraConfig(_Section):
-    enabled: bool = False
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: StrTuple = ("q_proj", "v_proj")
+    enabled: bool = Field(False, description="train LoRA adapters instead of the full model (the engines get merged "
+                                             "weights)")
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: StrTuple = Field(("q_proj", "v_proj"), description=(
+        "module names that get adapters (peft `target_modules`)"))
 
 
 class ModelConfig(_Section):
     path: str | None = Field(None, description="HF model directory; None = the built-in tiny model (built on demand)")
     tokenizer_path: str | None = Field(None, description="defaults to `path`")
-    tiny_arch: Literal["llama", "qwen2"] = "llama"
-    tiny_size: Literal["tiny", "small"] = "tiny"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny_arch: Literal["llama", "qwen2"] = Field("llama", description=(
+        "architecture of the built-in tiny model (with path: null)"))
+    tiny_size: Literal["tiny", "small"] = Field("tiny", description="built-in tiny model size: tiny (~0.12M params) "
+                                                                    "or small (~3.7M params)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
+        "dtype of the learner's weights and of the engines"))
     lora: LoraConfig = LoraConfig()
 
 
 # ------------------------------------------------------------------------------------------------------ data
 class ArithConfig(_Section):
-    num_prompts: int = Field(512, gt=0)
+    num_prompts: int = Field(512, gt=0, description="prompts generated for the arith task")
     max_operand: int = Field(4, ge=1, description="operands are drawn from 0..max_operand")
-    num_operands: int = Field(2, ge=2)
-    ops: StrTuple = ("+",)
+    num_operands: int = Field(2, ge=2, description="operands per expression")
+    ops: StrTuple = Field(("+",), description="operators drawn from: +, -, *")
 
     @model_validator(mode="after")
     def _ops_known(self) -> "ArithConfig":
@@ -68,10 +73,10 @@ class ArithConfig(_Section):
 
 
 class CountdownConfig(_Section):
-    num_prompts: int = Field(512, gt=0)
-    num_numbers: int = Field(3, ge=2, le=6)
-    max_number: int = Field(10, ge=2)
-    max_target: int = Field(100, ge=1)
+    num_prompts: int = Field(512, gt=0, description="prompts generated for the countdown task")
+    num_numbers: int = Field(3, ge=2, le=6, description="numbers given per puzzle")
+    max_number: int = Field(10, ge=2, description="largest number given")
+    max_target: int = Field(100, ge=1, description="largest target value")
 
 
 class ColumnMap(_Section):
@@ -79,8 +84,9 @@ class ColumnMap(_Section):
 
     prompt: str = Field("prompt", description="a string, or a chat: a list of {role, content} messages (the HF "
                                               "`messages` / conversational `prompt` shape), system turn optional")
-    answer: str | None = "answer"
-    meta: StrTuple = ()
+    answer: str | None = Field("answer", description="column with the ground truth the verifier compares against "
+                                                     "(null: none)")
+    meta: StrTuple = Field((), description="extra columns passed to the verifier as prompt metadata (e.g. test cases)")
     id: str | None = Field(None, description="column with a stable row id; default: file name + row number")
 
 
@@ -88,7 +94,8 @@ class AnswerConfig(_Section):
     """How the ground truth is read from the answer column: as it is, the last `\\boxed{...}` of a full solution
     (MATH), or group 1 of a regex (GSM8K: `'####\\s*(.+)$'`)."""
 
-    extract: Literal["as_is", "boxed", "regex"] = "as_is"
+    extract: Literal["as_is", "boxed", "regex"] = Field("as_is", description=(
+        "as_is: the column's value; boxed: the last \\boxed{...}; regex: group 1 of data.answer.regex"))
     regex: str | None = Field(None, description="with extract: regex, a Python regex whose group 1 is the answer")
 
     @model_validator(mode="after")
@@ -111,13 +118,16 @@ class DataConfig(_Section):
     answer: AnswerConfig = AnswerConfig()
     arith: ArithConfig = ArithConfig()
     countdown: CountdownConfig = CountdownConfig()
-    chat_template: Literal["auto", "never", "always"] = "auto"
-    system_prompt: str | None = None
+    chat_template: Literal["auto", "never", "always"] = Field("auto", description=(
+        "auto: use the tokenizer's chat template when it has one; never: plain text; always: fail if it has none"))
+    system_prompt: str | None = Field(None, description="system turn added to prompts that have none (chat template "
+                                                        "only)")
     max_prompt_tokens: int | None = Field(None, gt=0, description="longest prompt in tokens; null = what the "
                                                                    "model's context leaves after "
                                                                    "rollout.max_new_tokens")
-    on_too_long: Literal["skip", "error"] = "skip"
-    shuffle: bool = True
+    on_too_long: Literal["skip", "error"] = Field("skip", description=(
+        "a prompt longer than the prompt budget: skip it (preflight counts them) or fail the run"))
+    shuffle: bool = Field(True, description="shuffle the prompts each epoch (seeded by run.seed)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -128,44 +138,56 @@ class DataConfig(_Section):
 
 # --------------------------------------------------------------------------------------------------- rollout
 class RolloutConfig(_Section):
-    num_workers: int = Field(1, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
+    num_workers: int = Field(1, ge=1, description="rollout engines (vLLM) at the start of the run")
+    prompts_per_step: int = Field(16, ge=1, description="prompts per training step (each sampled samples_per_prompt "
+                                                        "times)")
     samples_per_prompt: int = Field(16, ge=1, description="G, the group size")
-    max_new_tokens: int = Field(3, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(3, ge=1, description="longest completion in tokens")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold (1 = off)")
     top_k: int = Field(-1, description="-1 = off")
-    stop: StrTuple = ()
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    cpu_kv_cache_gib: int = Field(1, ge=1)
+    stop: StrTuple = Field((), description="strings that end a completion")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description=(
+        "share of an engine's GPU memory vLLM may take (weights + KV cache)"))
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache of a CPU engine in GiB (an exported "
+                                                       "VLLM_CPU_KVCACHE_SPACE wins)")
     max_restarts: int = Field(3, ge=0, description="dead rollout engines replaced per run before giving up")
 
 
 # -------------------------------------------------------------------------------------------------- verifier
 class VerifierConfig(_Section):
     name: str = Field("numeric", description="built-in (math, numeric, exact, countdown, code) or plug-in 'pkg.mod:fn'")
-    num_workers: int = Field(1, ge=1)
-    timeout_s: float = Field(10.0, gt=0)
+    num_workers: int = Field(1, ge=1, description="verifier actors (each scores in an isolated child process)")
+    timeout_s: float = Field(10.0, gt=0, description="longest a verifier may take on one sample; past it the sample "
+                                                     "scores error_reward")
     error_reward: float = Field(0.0, description="reward given to a rollout whose verifier raised or timed out")
     max_restarts: int = Field(3, ge=0, description="dead verifier actors replaced per run before giving up")
 
 
 # ------------------------------------------------------------------------------------------------- algorithm
 class OverlongConfig(_Section):
-    enabled: bool = False
-    buffer_len: int = Field(4, ge=1)
-    penalty: float = Field(1.0, ge=0)
+    enabled: bool = Field(False, description="DAPO soft overlong punishment of completions near "
+                                             "rollout.max_new_tokens")
+    buffer_len: int = Field(4, ge=1, description="the penalty ramps over the last buffer_len tokens before "
+                                                 "rollout.max_new_tokens")
+    penalty: float = Field(1.0, ge=0, description="penalty at rollout.max_new_tokens (linear from 0 across the "
+                                                  "buffer)")
 
 
 class GRPOConfig(_Section):
-    eps_low: float = Field(0.2, ge=0)
+    eps_low: float = Field(0.2, ge=0, description="PPO clip range below 1 of the token ratio")
     eps_high: float = Field(0.28, ge=0, description="DAPO clip-higher; set equal to eps_low for vanilla GRPO")
     beta: float = Field(0.05, ge=0, description="k3 KL weight; > 0 creates the reference actor")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    scale_rewards: Literal["group", "none"] = "group"
-    dynamic_sampling: bool = False
-    max_resample_tries: int = Field(3, ge=0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="how token losses are averaged: over all tokens, per sequence then over sequences, "
+        "or summed per sequence / max_new_tokens (Dr.GRPO)")
+    scale_rewards: Literal["group", "none"] = Field("group", description=(
+        "group: divide advantages by the group's reward std (GRPO); none: do not (Dr.GRPO)"))
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal and refill the "
+                                                      "batch")
+    max_resample_tries: int = Field(3, ge=0, description="with dynamic_sampling: refills per step before training on "
+                                                         "what there is")
     overlong: OverlongConfig = OverlongConfig()
 
 
@@ -177,27 +199,33 @@ class NFTConfig(_Section):
 
 
 class RFTConfig(_Section):
-    mode: Literal["online", "rounds"] = "online"
+    mode: Literal["online", "rounds"] = Field("online", description="online: train on each step's correct samples; "
+                                                                    "rounds: DART-style sample-then-train rounds")
     # rounds (DART-style) only:
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1, description="rounds of sampling then training")
     k_correct: int = Field(2, ge=1, description="uniform quota: correct samples wanted per prompt")
-    quota: Literal["uniform", "prop2diff"] = "uniform"
+    quota: Literal["uniform", "prop2diff"] = Field("uniform", description=(
+        "correct samples wanted per prompt: uniform (k_correct each) or prop2diff (more for harder prompts)"))
     max_trials: int = Field(64, ge=1, description="samples per prompt before giving up on its quota")
-    prompts_per_round: int = Field(128, ge=1)
-    epochs: int = Field(4, ge=1)
+    prompts_per_round: int = Field(128, ge=1, description="prompts sampled per round")
+    epochs: int = Field(4, ge=1, description="passes over a round's samples")
     restart: Literal["continue", "base"] = Field("continue", description="each round from the last policy or base")
 
 
 class DPOConfig(_Section):
-    rounds: int = Field(30, ge=1)
-    prompts_per_round: int = Field(128, ge=1)
+    rounds: int = Field(30, ge=1, description="rounds of sampling, pairing and training")
+    prompts_per_round: int = Field(128, ge=1, description="prompts sampled per round")
     samples_per_prompt: int = Field(16, ge=2, description="K samples per prompt to build pairs from")
-    pairing: Literal["best_worst", "random"] = "best_worst"
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    pairing: Literal["best_worst", "random"] = Field("best_worst", description=(
+        "best_worst: the best correct vs the worst incorrect sample of a prompt; random: a random correct vs a "
+        "random incorrect one"))
+    beta: float = Field(0.1, gt=0, description="DPO temperature")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: assumed share of flipped "
+                                                                  "preference labels")
     nll_alpha: float = Field(0.0, ge=0, description="IRPO: weight of the winner's length-normalised NLL")
-    reference: Literal["initial", "previous"] = "previous"
-    epochs: int = Field(4, ge=1)
+    reference: Literal["initial", "previous"] = Field("previous", description=(
+        "initial: the starting model; previous: the policy at the start of each round"))
+    epochs: int = Field(4, ge=1, description="passes over a round's pairs")
 
 
 class GSPOConfig(_Section):
@@ -208,13 +236,14 @@ class GSPOConfig(_Section):
 class RLOOConfig(_Section):
     eps_low: float = Field(0.2, ge=0, lt=1, description="PPO clip of the token ratio (acts with several "
                                                          "optimizer steps per batch)")
-    eps_high: float = Field(0.28, ge=0)
+    eps_high: float = Field(0.28, ge=0, description="PPO clip range above 1 of the token ratio")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         "seq-mean-token-sum-norm", description="default: token sum per sequence, mean over sequences, / max_new_tokens")
 
 
 class AlgorithmConfig(_Section):
-    name: Literal["grpo", "nft", "rft", "dpo", "gspo", "rloo"] = "grpo"
+    name: Literal["grpo", "nft", "rft", "dpo", "gspo", "rloo"] = Field("grpo", description=(
+        "which algorithm trains: its section below holds its settings"))
     grpo: GRPOConfig = GRPOConfig()
     nft: NFTConfig = NFTConfig()
     rft: RFTConfig = RFTConfig()
@@ -225,29 +254,37 @@ class AlgorithmConfig(_Section):
 
 # --------------------------------------------------------------------------------------------------- learner
 class LearnerConfig(_Section):
-    num_ranks: int = Field(1, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.999)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    micro_batch_size: int = Field(64, ge=1)
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel learner ranks")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: Annotated[tuple[float, float], Field(strict=False)] = Field((0.9, 0.999), description="AdamW betas")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
+        "learning-rate schedule after warmup"))
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank (gradient "
+                                                        "accumulation above it)")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per training step (PPO mini-batches)")
-    ppo_epochs: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1, description="passes over a step's batch")
     grad_clip: float = Field(1.0, ge=0, description="0 = off")
-    old_logprobs: Literal["rollout", "recompute"] = "rollout"
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    old_logprobs: Literal["rollout", "recompute"] = Field("rollout", description=(
+        "what the clipped ratio compares against: the engine's sampled-token logprobs (rollout) or a learner forward"
+        " before the update (recompute)"))
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description=(
+        "torch.distributed backend of the learner ranks: auto = nccl on GPU, gloo on CPU"))
 
 
 # ------------------------------------------------------------------------------------------------------ sync
 class SyncConfig(_Section):
-    bucket_mb: float = Field(256.0, gt=0)
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size in MB (flat buffers; the transfer "
+                                                      "buffer holds one)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description=(
+        "backend of the weight-sync group: auto = nccl on GPU, gloo on CPU"))
     transport: Literal["auto", "shm", "broadcast"] = Field(
         "auto", description="shm: members map learner rank 0's shared memory (gloo, same node); broadcast: one "
         "broadcast per bucket over the group's backend; auto: shm when every member can, else broadcast")
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="longest wait on a weight-sync step before the late member is "
+                                                      "named")
     probe_tolerance: float = Field(1e-3, gt=0, description="max |engine - learner| logprob on the probe sequence")
     probe_every: int = Field(10, ge=1, description="probe every N-th version (1 = every sync); a group's first sync "
                                                    "after it forms (a new or replacement engine) is always probed. "
@@ -267,7 +304,7 @@ class FleetConfig(_Section):
 
     min: int | None = Field(None, ge=1, description="fewest engines; None = rollout.num_workers")
     max: int | None = Field(None, ge=1, description="most engines; None = rollout.num_workers")
-    autoscale: bool = False
+    autoscale: bool = Field(False, description="let the policy below ask for more or fewer engines")
     target_wait_share: float = Field(0.5, gt=0, lt=1, description="wanted share of step time waiting on rollouts")
     band: float = Field(0.15, ge=0, lt=1, description="hysteresis around target_wait_share")
     cooldown_steps: int = Field(5, ge=0, description="steps between two scaling decisions")
@@ -281,15 +318,16 @@ class ClusterConfig(_Section):
     dashboard: bool = Field(False, description="start the Ray dashboard with a local cluster rlpt starts")
     dashboard_host: str = Field("127.0.0.1", description="where that dashboard binds; 0.0.0.0 exposes it to the "
                                                          "network (it can run arbitrary jobs: only on trusted nets)")
-    gpus_per_learner: float = Field(0.0, ge=0)
-    gpus_per_engine: float = Field(0.0, ge=0)
+    gpus_per_learner: float = Field(0.0, ge=0, description="GPUs each learner rank reserves")
+    gpus_per_engine: float = Field(0.0, ge=0, description="GPUs per tensor-parallel shard of an engine")
     learner_resources: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per learner rank, e.g. {rlpt_learner: 1} to pin "
                                           "learners to the on-demand node type of a cluster/ launcher file")
     engine_resources: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per rollout engine, e.g. {rlpt_rollout: 1} to put "
                                           "engines on the (spot) rollout node type")
-    colocate: bool = False
+    colocate: bool = Field(False, description="engines and learners may share GPUs (fractional requests); leave room "
+                                              "with rollout.gpu_memory_utilization")
     threads_per_actor: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="torch/OpenMP threads of each learner rank, rollout engine and reference actor. auto: "
                             "on a one-node cluster every core of the node (phases run one after another, so each "
@@ -300,14 +338,15 @@ class ClusterConfig(_Section):
 
 # ------------------------------------------------------------------------------------------------------- run
 class RunConfig(_Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="run directory name under run.root")
     root: str = Field("runs", description="run directories go to <root>/<name>; the tiny-model cache too")
-    steps: int = Field(250, ge=1)
-    seed: int = 0
+    steps: int = Field(250, ge=1, description="training steps of the online loops (grpo, nft, gspo, rloo, rft "
+                                              "online); rounds-based loops count algorithm.<name>.rounds")
+    seed: int = Field(0, description="seed of the data order and of every sampling request (same seed, same run)")
     checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
-    keep_checkpoints: int = Field(3, ge=1)
-    log_rollouts: bool = True
-    tensorboard: bool = True
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept; older ones are deleted")
+    log_rollouts: bool = Field(True, description="write every rollout to <run dir>/rollouts/*.parquet")
+    tensorboard: bool = Field(True, description="write TensorBoard events next to metrics.jsonl")
     actor_timeout_s: float = Field(600.0, gt=0, description="longest wait on any actor call before a clear error")
     log_level: Literal["quiet", "verbose"] = Field(
         "quiet", description="quiet: the console shows rlpt's progress and events, every actor's output (vLLM, Ray, "
