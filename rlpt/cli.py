@@ -61,6 +61,16 @@ def cmd_config_reference(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from rlpt.plots import plot_runs
+
+    runs = [Path(d) for d in ns.run_dirs]
+    res = plot_runs(runs, Path(ns.out) if ns.out else runs[0] / "plot.png")
+    note = f" (no data for: {', '.join(res.empty)})" if res.empty else ""
+    out.print(f"wrote {res.path}: {len(runs)} run(s), {len(res.panels)} panels{note}")
+    return 0
+
+
 def cmd_model_init_tiny(ns: argparse.Namespace) -> int:
     from rlpt.models.tiny import init_tiny
 
@@ -204,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                                               "type, default, description and the recipes that set it")
     ref.add_argument("--out", default=None, help="write it to this file (default: print it)")
     ref.set_defaults(fn=cmd_config_reference)
+
+    pl = sub.add_parser("plot", help="one PNG of a run's curves (reward, length, phase times, gaps, KL, eval); "
+                                     "several runs overlaid")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--out", default=None, help="the PNG to write (default: FIRST_RUN_DIR/plot.png)")
+    pl.set_defaults(fn=cmd_plot)
 
     model = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="build a random-init tiny model + locally trained tokenizer")

@@ -64,6 +64,24 @@ def test_run_directory_is_complete(default_runs):
     assert {"prompt", "completion", "reward", "error", "policy_version"} <= set(table.column_names)
 
 
+def test_plot_of_the_default_run(default_runs, tmp_path):
+    """`rlpt plot` on a real run directory: every panel but evaluation (none configured) has the run's line."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    from rlpt.plots import plot_runs
+
+    _, run_dir, _ = default_runs[0]
+    res = plot_runs([run_dir], tmp_path / "plot.png")
+    assert res.empty == ("evaluation",)
+    img = imread(res.path)[..., :3]
+    blue = np.array([0x1F, 0x77, 0xB4]) / 255  # C0, the first run's colour
+    for title, (left, top, right, bottom) in res.panels.items():
+        if title not in res.empty and title != "step time by phase":
+            share = float((np.abs(img[top:bottom, left:right] - blue).max(axis=-1) < 0.08).mean())
+            assert share > 0.0005, title
+
+
 def test_final_checkpoint_loads_in_transformers_and_vllm(default_runs, ray_cluster):
     from transformers import AutoModelForCausalLM
 
