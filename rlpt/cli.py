@@ -71,6 +71,20 @@ def cmd_plot(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    import time
+
+    from rlpt.report import write_report
+
+    while True:
+        path, done = write_report(Path(ns.run_dir), Path(ns.out) if ns.out else None, refresh_s=ns.refresh)
+        state = "finished" if done else "in progress"
+        out.print(f"wrote {path} (run {state}; open it in a browser, no network needed)")
+        if done or ns.watch is None:
+            return 0
+        time.sleep(ns.watch)
+
+
 def cmd_model_init_tiny(ns: argparse.Namespace) -> int:
     from rlpt.models.tiny import init_tiny
 
@@ -220,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     pl.add_argument("--out", default=None, help="the PNG to write (default: FIRST_RUN_DIR/plot.png)")
     pl.set_defaults(fn=cmd_plot)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run: summary, curves, events, sample "
+                                       "rollouts, every metric, the config")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--out", default=None, help="the HTML file to write (default: RUN_DIR/report.html)")
+    rp.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                    help="re-write the page every SECONDS until the run has logged all its steps")
+    rp.add_argument("--refresh", type=int, default=30, metavar="SECONDS",
+                    help="while the run is in progress the page reloads itself this often (default 30)")
+    rp.set_defaults(fn=cmd_report)
 
     model = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="build a random-init tiny model + locally trained tokenizer")

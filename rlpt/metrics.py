@@ -155,16 +155,17 @@ class MetricsWriter:
             exc.add_note(f"and then: {err}")
 
 
-def read_metrics(path: Path) -> list[dict[str, object]]:
+def read_metrics(path: Path, live: bool = False) -> list[dict[str, object]]:
     """All records of a metrics.jsonl, in file order (nulls stay None; see "nonfinite").
 
     Blank lines are skipped; any other unparseable line raises with its file and line number rather than
-    silently dropping data (the writer itself never leaves one: see `_drop_partial_last_line`).
+    silently dropping data (the writer itself never leaves one: see `_drop_partial_last_line`). `live=True` reads
+    a run that is still writing: an unterminated last line is a record being appended right now, and is skipped.
     """
     records: list[dict[str, object]] = []
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+            if not line.strip() or (live and not line.endswith("\n")):
                 continue
             try:
                 record = json.loads(line)

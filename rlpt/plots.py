@@ -48,13 +48,24 @@ class PlotResult:
 
 
 def load_run(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per step (a run that is still training is read as far as it got)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UsageError(f"{run_dir}: no metrics.jsonl (not a run directory, or the run has not finished a step)")
-    by_step = {int(r["step"]): r for r in read_metrics(path)}  # type: ignore[call-overload]
+    by_step = {int(r["step"]): r for r in read_metrics(path, live=True)}  # type: ignore[call-overload]
     if not by_step:
         raise UsageError(f"{path}: no steps logged yet")
     return [by_step[s] for s in sorted(by_step)]
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    if not run_dirs:
+        raise UsageError("rlpt plot: give at least one RUN_DIR")
+    runs = []
+    for run_dir, label in zip(run_dirs, labels_for(run_dirs)):
+        rows = load_run(Path(run_dir))
+        runs.append(Run(label, [int(r["step"]) for r in rows], rows))
+    return runs
 
 
 def labels_for(run_dirs: Sequence[Path]) -> list[str]:
@@ -165,17 +176,12 @@ PANELS: dict[str, tuple[Callable[[Any, list[Run], list[str]], bool], str]] = {
 }
 
 
-def plot_runs(run_dirs: Sequence[Path], out: Path) -> PlotResult:
-    """Draw every panel for these runs into `out` (PNG)."""
+def figure(runs: list[Run]) -> tuple[Any, dict[str, tuple[int, int, int, int]], tuple[str, ...]]:
+    """The laid-out figure of every panel, each panel's pixel box (left, top, right, bottom) and the panels that
+    had no data in any run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not run_dirs:
-        raise UsageError("rlpt plot: give at least one RUN_DIR")
-    runs = []
-    for run_dir, label in zip(run_dirs, labels_for(run_dirs)):
-        rows = load_run(Path(run_dir))
-        runs.append(Run(label, [int(r["step"]) for r in rows], rows))
     colors = [f"C{i % 10}" for i in range(len(runs))]
     fig = Figure(figsize=(16, 12), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(fig)
@@ -196,13 +202,19 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> PlotResult:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("rlpt: " + ", ".join(r.label for r in runs), fontsize=12)
-    canvas.draw()  # lays the figure out: the panel boxes below are those of the saved PNG (same dpi)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    canvas.draw()  # lays the figure out: the boxes below are those of a PNG saved at the same dpi
     height = int(fig.bbox.height)
     panels = {}
     for ax, title in zip(axes, PANELS):
         box = ax.get_window_extent()
         panels[title] = (int(box.x0), int(height - box.y1), int(box.x1), int(height - box.y0))
-    return PlotResult(out, panels, tuple(empty))
+    return fig, panels, tuple(empty)
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path) -> PlotResult:
+    """Draw every panel for these runs into `out` (PNG)."""
+    fig, panels, empty = figure(load_runs(run_dirs))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return PlotResult(out, panels, empty)

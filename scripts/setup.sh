@@ -12,6 +12,18 @@ stamp_file=$VENV/.rlpt-installed
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
 
+# The report's browser tests drive a real headless Chromium: Debian packages (not on PyPI), checked on every call.
+if [[ ",$EXTRAS," == *",test,"* ]] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium and chromium-driver (Debian) for the report's browser tests (~1 min)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null; } || die "apt-get install chromium chromium-driver failed"
+  else
+    say "WARNING: chromium / chromedriver are missing and this is not root: install Debian's chromium and"
+    say "  chromium-driver, or the report's browser tests (tests/unit/test_report_browser.py) fail"
+  fi
+fi
+
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_want" ]; then
   say "environment up to date ($VENV, extras: $EXTRAS)"
   exit 0

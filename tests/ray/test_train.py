@@ -82,6 +82,24 @@ def test_plot_of_the_default_run(default_runs, tmp_path):
             assert share > 0.0005, title
 
 
+def test_report_of_the_default_run(default_runs, tmp_path):
+    """`rlpt report` on a real run, opened in headless Chromium: no console error, no network, every metric cell
+    equal to metrics.jsonl, sample groups of the last step shown."""
+    from rlpt.report import write_report
+    from tests.browser import chromium, open_page
+    from tests.unit.test_report_browser import assert_page_shows_the_metrics, assert_renders
+
+    cfg, run_dir, _ = default_runs[0]
+    path, done = write_report(run_dir, tmp_path / "report.html")
+    assert done
+    with chromium() as driver:
+        open_page(driver, path)
+        assert_renders(driver)
+        assert_page_shows_the_metrics(driver, read_metrics(run_dir / "metrics.jsonl"))
+        groups = driver.execute_script("return [...document.querySelectorAll('#groups .group h3')].map(h => h.textContent)")
+        assert len(groups) == 3 and all(g.startswith(f"step {cfg.run.steps - 1} ") for g in groups), groups
+
+
 def test_final_checkpoint_loads_in_transformers_and_vllm(default_runs, ray_cluster):
     from transformers import AutoModelForCausalLM
 

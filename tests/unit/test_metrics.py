@@ -229,3 +229,11 @@ def test_background_writer_is_bounded_and_close_flushes_everything(tmp_path: Pat
     third.join()
     writer.close()
     assert blocked and done == [1, 2]
+
+
+def test_live_read_skips_the_record_being_appended(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "reward/mean": 0.5}\n{"step": 1, "rew')  # the writer is mid-line
+    with pytest.raises(ValueError, match=":2: not a JSON object"):
+        read_metrics(path)
+    assert read_metrics(path, live=True) == [{"step": 0, "reward/mean": 0.5}]
