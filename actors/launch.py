@@ -201,8 +201,9 @@ def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path
             graph.workers.learner.load_state(ckpt / "state")
             graph.workers.sync.sync(state.policy_version)  # engines (and a syncing reference) take the weights
             truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
-        LOOPS[algorithm_of(cfg).loop(cfg)](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step,
-                                           state)
+        kind = algorithm_of(cfg).loop(cfg)
+        extra = {"eval_prompts": prep.eval_prompts} if kind is LoopKind.ONLINE else {}  # rlpt.prepare checks
+        LOOPS[kind](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step, state, **extra)
     except LearnerRankLost as e:
         raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
 

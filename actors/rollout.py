@@ -238,7 +238,16 @@ class RolloutPool:
         self.names = [n for i, n in enumerate(self.names) if i not in drop]
         self.dead = set()
 
-    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
+                 account: bool = True) -> list[Rollout]:
+        """The rollouts of these prompts, in order. `account=False` (evaluation) leaves the autoscaler's busy time
+        and `timing/rollout_engine` to training's generation."""
+        if not account:
+            saved = dict(self.engine_s)
+            try:
+                return self._generate(prompts, seeds, spec)
+            finally:
+                self.engine_s = saved
         start = time.perf_counter()
         if self.window_start is None:
             self.window_start = start

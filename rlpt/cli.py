@@ -122,11 +122,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         task = bar.add_task("eval", total=ns.num_prompts, r=0.0)
         res = evaluate(cfg, run_dir, ns.num_prompts, Path(ns.checkpoint) if ns.checkpoint else None,
                        progress=lambda done, total, r: bar.update(task, completed=done, r=r))
-    out.print(f"evaluated {res.num_prompts} prompts x {cfg.rollout.samples_per_prompt} samples: "
-              f"reward/mean {res.reward_mean:.3f}, correct "
-              f"{'n/a (the verifier gives no correctness)' if res.correct_frac is None else f'{res.correct_frac:.3f}'}, "
-              f"verifier errors "
-              f"{res.error_count}, {res.tokens_per_s:.0f} tok/s -> {res.run_dir}")
+    figures = ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in res.figures.items()
+                        if k not in ("eval/prompts", "eval/errors"))
+    out.print(f"evaluated {res.num_prompts} prompts, greedy + {cfg.eval.samples} samples each: {figures}; "
+              f"correct {'n/a (the verifier gives no correctness)' if res.correct_frac is None else f'{res.correct_frac:.3f}'}, "
+              f"verifier errors {res.error_count}, {res.tokens_per_s:.0f} tok/s -> {res.run_dir}")
     return 0
 
 
@@ -265,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-step", type=int, default=None, help="with --resume: the checkpoint of this step")
     tr.set_defaults(fn=cmd_train)
 
-    ev = sub.add_parser("eval", help="sample and verify completions with transformers (no Ray)")
+    ev = sub.add_parser("eval", help="greedy and sampled completions of the evaluation set (eval.*; else the "
+                                     "data) with transformers, verified: pass@k, mean@n (no Ray)")
     ev.add_argument("args", nargs="*", metavar="CONFIG|key.path=value")
     ev.add_argument("--run-dir", default=None, help="default: <run.root>/<run.name>-eval")
-    ev.add_argument("--num-prompts", type=int, default=64)
+    ev.add_argument("--num-prompts", type=int, default=64, help="at most this many prompts (default 64)")
     ev.add_argument("--checkpoint", default=None, help="evaluate this HF checkpoint directory instead")
     ev.set_defaults(fn=cmd_eval)
 

@@ -336,6 +336,38 @@ class ClusterConfig(_Section):
     rollout: FleetConfig = FleetConfig()
 
 
+# ------------------------------------------------------------------------------------------------------ eval
+class EvalConfig(_Section):
+    """The evaluation set and its fixed sampling (`run.eval_every` during training, and `rlpt eval`): a greedy
+    completion per prompt (greedy pass@1), and `samples` more at `temperature` for pass@k (unbiased estimator)
+    and mean@n. Evaluation uses its own sampling seeds and never touches the training data order, so a run with
+    evaluation trains exactly like one without, and resumes exactly."""
+
+    holdout: int = Field(0, ge=0, description="prompts held out of the training data as the evaluation set (drawn "
+                                              "with run.seed; never trained on)")
+    path: str | None = Field(None, description="an evaluation prompt file instead (.jsonl or .parquet, read with "
+                                               "the data.columns and data.answer settings)")
+    num_prompts: int | None = Field(None, ge=1, description="evaluate at most this many prompts of the set")
+    samples: int = Field(4, ge=0, description="sampled completions per prompt for pass@k and mean@n (0 = greedy "
+                                              "only)")
+    pass_k: IntTuple = Field((1,), description="the k of pass@k, each at most samples")
+    temperature: float | None = Field(None, gt=0, description="temperature of the sampled completions; null = "
+                                                              "rollout.temperature")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvalConfig":
+        if self.holdout and self.path is not None:
+            raise ValueError("set one of eval.holdout (held-out training prompts) or eval.path (a file), not both")
+        too_big = [k for k in self.pass_k if not 1 <= k <= self.samples]
+        if self.samples and too_big:
+            raise ValueError(f"eval.pass_k {list(too_big)} must be between 1 and eval.samples={self.samples}")
+        return self
+
+    @property
+    def has_set(self) -> bool:
+        return bool(self.holdout) or self.path is not None
+
+
 # ------------------------------------------------------------------------------------------------------- run
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="run directory name under run.root")
@@ -347,6 +379,8 @@ class RunConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept; older ones are deleted")
     log_rollouts: bool = Field(True, description="write every rollout to <run dir>/rollouts/*.parquet")
     tensorboard: bool = Field(True, description="write TensorBoard events next to metrics.jsonl")
+    eval_every: int = Field(0, ge=0, description="evaluate on the eval section's set every N steps, after the "
+                                                 "step's sync, logged as eval/* in that step's row (0 = never)")
     actor_timeout_s: float = Field(600.0, gt=0, description="longest wait on any actor call before a clear error")
     log_level: Literal["quiet", "verbose"] = Field(
         "quiet", description="quiet: the console shows rlpt's progress and events, every actor's output (vLLM, Ray, "
@@ -363,6 +397,7 @@ class RlptConfig(_Section):
     learner: LearnerConfig = LearnerConfig()
     sync: SyncConfig = SyncConfig()
     cluster: ClusterConfig = ClusterConfig()
+    eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -372,6 +407,13 @@ class RlptConfig(_Section):
         if not lo <= n <= hi:
             raise ValueError(f"cluster.rollout: need min <= rollout.num_workers <= max, got min={lo}, "
                              f"num_workers={n}, max={hi}")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_set(self) -> "RlptConfig":
+        if self.run.eval_every and not self.eval.has_set:
+            raise ValueError("run.eval_every needs an evaluation set: eval.holdout (prompts held out of the "
+                             "training data) or eval.path (a file)")
         return self
 
     def fleet_bounds(self) -> tuple[int, int]:

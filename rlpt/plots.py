@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 from rlpt.errors import UsageError
 from rlpt.metrics import read_metrics
 
-PHASES = ("rollout", "verify", "reference", "train", "sync", "checkpoint")  # timing/<phase>, in step order
+PHASES = ("rollout", "verify", "reference", "train", "sync", "eval", "checkpoint")  # timing/<phase>, step order
+EVAL_COUNTS = ("eval/prompts", "eval/errors", "eval/tokens_per_s")  # not scores: kept off the evaluation panel
 SMOOTH_FRACTION = 0.04  # moving-average window: 4% of the run's steps (at least 1)
 
 
@@ -119,7 +120,7 @@ def _phases(ax: Any, runs: list[Run], colors: list[str]) -> bool:
     final checkpoint does not look like a per-step cost), and the rest of the median step on top."""
     import statistics
 
-    cmap = ["#4c72b0", "#dd8452", "#937860", "#55a868", "#c44e52", "#8172b3", "#bbbbbb"]
+    cmap = ["#4c72b0", "#dd8452", "#937860", "#55a868", "#c44e52", "#da8bc3", "#8172b3", "#bbbbbb"]
     drawn, top = False, 0.0
     for i, run in enumerate(runs):
         if not run.has("timing/step"):
@@ -149,7 +150,7 @@ def _off_policy(ax: Any, runs: list[Run], colors: list[str]) -> bool:
 def _evaluation(ax: Any, runs: list[Run], colors: list[str]) -> bool:
     drawn = False
     for run, color in zip(runs, colors):
-        for n, key in enumerate(run.keys("eval/")):
+        for n, key in enumerate(k for k in run.keys("eval/") if k not in EVAL_COUNTS):
             x, y = run.series(key)
             if x:
                 ax.plot(x, y, color=color, marker="o", markersize=3, linestyle=["-", "--", ":", "-."][n % 4],

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlpt.config import RlptConfig, save_config
+from rlpt.config import ConfigError, RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.data.encode import uses_chat_template
 from rlpt.models import load_tokenizer, resolve_model_path
@@ -32,6 +32,7 @@ class PreparedRun:
     template: str  # how prompts are rendered: the chat template (and whether a system prompt is set), or plain
     warnings: tuple[str, ...] = ()  # what preflight found suspicious but not impossible
     run_dir: Path | None = None  # set by `prepare` (actor logs go under it)
+    eval_prompts: tuple[Prompt, ...] = ()  # the evaluation set (eval.holdout or eval.path), tokenized
 
 
 def inspect_run(cfg: RlptConfig) -> PreparedRun:
@@ -48,6 +49,7 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
                              f"(data.max_prompt_tokens={cfg.data.max_prompt_tokens}, rollout.max_new_tokens="
                              f"{cfg.rollout.max_new_tokens}, model context {facts.context_len}); the shortest has "
                              f"{lengths.min} tokens")
+    train_prompts, eval_prompts = evaluation_set(cfg, tokenized.prompts, tok, budget)
     shape = run_shape(cfg, facts, tok, tokenized.prompts[0].prompt_ids)
     chat = uses_chat_template(tok, cfg.data.chat_template)
     template = ("the tokenizer's chat template" + (", with data.system_prompt" if cfg.data.system_prompt else "")
@@ -58,8 +60,45 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
     warnings = () if back is None else (
         f"the tokenizer does not give text back: {first[:60]!r} -> ids -> {back[:60]!r}; verifiers would see "
         f"completions that way (a WordLevel tokenizer needs a decoder, e.g. tokenizers.decoders.Fuse())",)
-    return PreparedRun(model_path, tok, tokenized.prompts, tokenized.skipped_too_long, facts, shape, lengths,
-                       template, warnings)
+    return PreparedRun(model_path, tok, train_prompts, tokenized.skipped_too_long, facts, shape, lengths,
+                       template, warnings, eval_prompts=eval_prompts)
+
+
+HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)
+
+
+def evaluation_set(cfg: RlptConfig, prompts: list[Prompt], tok: Any, budget: int
+                   ) -> tuple[list[Prompt], tuple[Prompt, ...]]:
+    """(training prompts, evaluation prompts). eval.holdout draws its prompts with run.seed and removes them from
+    training (order kept); eval.path reads its own file with the data settings. eval.num_prompts caps the set."""
+    e = cfg.eval
+    if cfg.run.eval_every:
+        from rlpt.algorithms import algorithm_of
+        from rlpt.algorithms.base import LoopKind
+
+        if algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
+            raise ConfigError(f"run.eval_every: evaluation during training runs in the online loops; "
+                              f"algorithm {cfg.algorithm.name!r} here trains in rounds (evaluate its checkpoints "
+                              f"with `rlpt eval --checkpoint DIR`)")
+    if e.holdout:
+        if e.holdout >= len(prompts):
+            raise PreflightError(f"eval.holdout={e.holdout} leaves no training prompt ({len(prompts)} prompts fit "
+                                 f"the budget)")
+        import numpy as np
+
+        draw = np.random.default_rng([cfg.run.seed, HOLDOUT_STREAM]).permutation(len(prompts))
+        held = {int(i) for i in draw[:e.holdout]}
+        train = [p for i, p in enumerate(prompts) if i not in held]
+        evals = tuple(p for i, p in enumerate(prompts) if i in held)
+    elif e.path is not None:
+        source = cfg.data.model_copy(update={"path": e.path, "task": None})  # a derived copy: cfg stays as loaded
+        evals = tuple(tokenize_prompts(load_prompts(source, cfg.run.seed), tok, source, budget).prompts)
+        if not evals:
+            raise PreflightError(f"eval.path {e.path}: no prompt fits the prompt budget of {budget} tokens")
+        train = prompts
+    else:
+        return prompts, ()
+    return train, evals[:e.num_prompts] if e.num_prompts else evals
 
 
 def event(text: str) -> None:
@@ -75,10 +114,11 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     skipped = len(prep.skipped_too_long)
-    report = {"prompts": len(prep.prompts) + skipped, "kept": len(prep.prompts), "skipped_too_long": skipped,
+    held_out = len(prep.eval_prompts) if cfg.eval.holdout else 0  # taken from the data for evaluation
+    report = {"prompts": len(prep.prompts) + skipped + held_out, "kept": len(prep.prompts), "skipped_too_long": skipped,
               "max_prompt_tokens": cfg.data.max_prompt_tokens, "prompt_budget": prep.shape.prompt_budget,
               "context_len": prep.facts.context_len, "eos_ids": list(prep.facts.eos_ids),
-              "skipped_uids": prep.skipped_too_long[:100]}
+              "skipped_uids": prep.skipped_too_long[:100], "eval_prompts": len(prep.eval_prompts)}
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     for w in prep.warnings:
         print(f"[rlpt] warning: {w}", file=sys.stderr)
@@ -88,7 +128,8 @@ def prepare(cfg: RlptConfig, run_dir: Path) -> PreparedRun:
               f"{run_dir / 'data_report.json'})", file=sys.stderr)
     f = prep.facts
     event(f"preflight {time.perf_counter() - start:.1f}s: {f.architecture}, context {f.context_len}, prompt budget "
-          f"{prep.shape.prompt_budget}, EOS {list(f.eos_ids)}, {len(prep.prompts)} prompts")
+          f"{prep.shape.prompt_budget}, EOS {list(f.eos_ids)}, {len(prep.prompts)} prompts"
+          + (f", {len(prep.eval_prompts)} evaluation prompts" if prep.eval_prompts else ""))
     return prep
 
 

@@ -102,9 +102,15 @@ def summary(rows: Sequence[dict[str, Any]], total: int | None) -> list[tuple[str
         ("mean reward/mean, last 10 steps", "", statistics.fmean(rewards[-10:]) if rewards else None),
         ("median step seconds", "timing/step", med("timing/step")),
     ]
-    per_step = [p for p in PHASES if p != "checkpoint"]  # a checkpoint is not a per-step cost: counted apart
+    per_step = [p for p in PHASES if p not in ("eval", "checkpoint")]  # not per-step costs: counted apart
     out += [(f"median {p} seconds", f"timing/{p}", med(f"timing/{p}")) for p in per_step if med(f"timing/{p}")]
     out.append(("median tokens/s", "tokens/per_s", med("tokens/per_s")))
+    evals = [r for r in rows if isinstance(r.get("timing/eval"), (int, float))]
+    if evals:
+        out.append(("evaluations", "", len(evals)))
+        out.append(("median evaluation seconds", "timing/eval", med("timing/eval")))
+        out += [(f"last {k}", k, evals[-1][k]) for k in sorted(evals[-1]) if k.startswith("eval/")
+                and k not in ("eval/prompts", "eval/errors")]
     saves = [r for r in rows if isinstance(r.get("timing/checkpoint"), (int, float))]
     out.append(("checkpoints written", "", len(saves)))
     if saves:

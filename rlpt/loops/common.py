@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 
 class RolloutService(Protocol):
-    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]: ...
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
+                 account: bool = True) -> list[Rollout]:
+        """`account=False` (evaluation): the engines' time is not counted as the step's rollout time."""
+        ...
 
 
 class VerifierService(Protocol):

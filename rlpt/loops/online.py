@@ -1,6 +1,7 @@
 """The synchronous online RL loop of every algorithm whose `Algorithm.loop` is ONLINE (GRPO with its DAPO / Dr.
 GRPO options, NFT, online RFT, ...): prompts -> rollout -> verify -> (reference) -> batch -> learner -> sync, every
-phase timed, one metrics row and one rollouts file per step. The algorithm's `online` hooks decide which groups to
+phase timed, one metrics row and one rollouts file per step; every `run.eval_every` steps an evaluation
+(rlpt.loops.evaluation) after the sync. The algorithm's `online` hooks decide which groups to
 keep and how to build the batch, its plan and loss what the learner does; the control flow is the same.
 
 Dynamic sampling: groups the algorithm cannot learn from (GRPO with dynamic_sampling: all-equal rewards; NFT:
@@ -20,6 +21,7 @@ from rlpt.algorithms.base import OnlineHooks
 from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
 from rlpt.loops.common import LoopRun, LoopState, StepCallback, StepEnd, Workers, end_step, rollout_metrics
+from rlpt.loops.evaluation import Evaluation
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import Prompt, SamplingSpec, ScoredRollout, request_seed
 
@@ -55,7 +57,8 @@ def collect_groups(cfg: RlptConfig, hooks: OnlineHooks, w: Workers[Any], prompts
 
 
 def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Path, pad_id: int,
-        on_step: StepCallback | None = None, resume: LoopState | None = None) -> None:
+        on_step: StepCallback | None = None, resume: LoopState | None = None,
+        eval_prompts: Sequence[Prompt] = ()) -> None:
     algo = algorithm_of(cfg)
     if algo.online is None:
         raise ValueError(f"algorithm {algo.name!r} has no online-loop hooks (Algorithm.online)")
@@ -66,6 +69,7 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
         cursor.load_state_dict(resume.cursor)
         start_step, version = resume.next_step, resume.policy_version
     timer = PhaseTimer()
+    evaluation = Evaluation(cfg, eval_prompts)
     with MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard) as writer:
         loop = LoopRun(cfg, w, run_dir, cfg.run.steps, writer, timer, on_step)
         for step in range(start_step, cfg.run.steps):
@@ -87,4 +91,7 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
                     report = w.sync.sync(version + 1)
                 version = report.version
                 metrics.update(report.as_metrics())
+            if evaluation.due(step):  # after the sync: the engines hold the weights this step produced
+                with timer.phase("eval"):
+                    metrics.update(evaluation.run(w, step))
             end_step(loop, StepEnd(step, version, batch is not None, metrics, seen, t0, cursor.state_dict()))

@@ -23,10 +23,10 @@ class FakeRollout:
     """Response = one token; a prompt whose uid ends in 'same' always gets the same token (zero-variance group)."""
 
     def __init__(self):
-        self.version, self.seeds = 0, []
+        self.version, self.seeds, self.unaccounted = 0, [], []
 
-    def generate(self, prompts, seeds, spec):
-        self.seeds += list(seeds)
+    def generate(self, prompts, seeds, spec, account=True):
+        (self.seeds if account else self.unaccounted).extend(seeds)
         out = []
         for p, seed in zip(prompts, seeds):
             for i in range(spec.n):
@@ -176,3 +176,29 @@ def test_unknown_correctness_is_absent_not_zero(tmp_path):
     _, _, _, w2 = make(tmp_path / "b")
     online.run(cfg, w2, prompts(10), tmp_path / "b", pad_id=0)
     assert all(0.0 <= r["reward/correct_frac"] <= 1.0 for r in read_metrics(tmp_path / "b" / "metrics.jsonl"))
+
+
+def test_evaluation_every_n_steps_leaves_training_untouched(tmp_path):
+    """eval/* on every run.eval_every-th step (after its sync), from the evaluation prompts only; the training
+    requests, batches and rows are those of the same run without evaluation."""
+    cfg, ro, _, w = make(tmp_path / "eval", "run.eval_every=2", "eval.path=unused.jsonl", "eval.samples=3",
+                         "eval.pass_k=[1, 3]")
+    evals = [Prompt(uid=f"e{i}", text="q", answer="1", prompt_ids=(5,)) for i in range(5)]
+    online.run(cfg, w, prompts(10), tmp_path / "eval", pad_id=0, eval_prompts=evals)
+    base_cfg, base_ro, _, base_w = make(tmp_path / "base")
+    online.run(base_cfg, base_w, prompts(10), tmp_path / "base", pad_id=0)
+    rows, base = read_metrics(tmp_path / "eval" / "metrics.jsonl"), read_metrics(tmp_path / "base" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval/pass@3" in r] == [1, 3]
+    for r in rows:
+        if "eval/pass@3" in r:
+            assert r["eval/prompts"] == 5 and 0 <= r["eval/pass@1"] <= r["eval/pass@3"] <= 1
+            assert r["eval/greedy_pass@1"] in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) and r["timing/eval"] >= 0
+    # each evaluation: 5 greedy requests + 5 sampled ones, none counted as training's rollouts
+    assert len(ro.unaccounted) == 2 * 2 * 5 and not set(ro.unaccounted) & set(ro.seeds)
+    assert ro.seeds == base_ro.seeds
+    ids = [b.input_ids_B_T.tolist() for b in w.learner.batches]
+    assert ids == [b.input_ids_B_T.tolist() for b in base_w.learner.batches]
+    drop = ("timing/", "eval/", "tokens/per_s")
+    strip = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith(drop)} for r in base]
+    assert read_rollouts(tmp_path / "eval").num_rows == 4 * 16  # evaluation rollouts are not training's

@@ -1,4 +1,5 @@
-"""Exact resume on real components: N steps == N/2 steps + `--resume` + N/2 steps (GRPO)."""
+"""Exact resume on real components: N steps == N/2 steps + `--resume` + N/2 steps (GRPO, with evaluation during
+training; DPO and RFT rounds)."""
 
 import pytest
 from safetensors.torch import load_file
@@ -16,8 +17,11 @@ def weights_hash(ckpt):
 
 
 def test_resume_is_exact_for_grpo(ray_cluster, tiny_root):
+    """With evaluation every 2 steps (a held-out set, greedy + 2 samples): the evaluation neither disturbs the
+    training streams nor differs itself after the resume."""
     common = [f"run.root={tiny_root}", "learner.num_ranks=2", "learner.zero_stage=2", "learner.lr=1e-2",
-              "rollout.prompts_per_step=8"]
+              "rollout.prompts_per_step=8", "run.eval_every=2", "eval.holdout=12", "eval.samples=2",
+              "eval.pass_k=[1, 2]"]
     full = load_config(None, [*common, "run.name=resume-full", "run.steps=6", "run.checkpoint_every=3"])
     train(full, tiny_root / "resume-full")
     half = load_config(None, [*common, "run.name=resume-split", "run.steps=3"])
@@ -29,6 +33,10 @@ def test_resume_is_exact_for_grpo(ray_cluster, tiny_root):
     assert [r["step"] for r in b] == list(range(6))
     assert [r["reward/mean"] for r in b] == [r["reward/mean"] for r in a]
     assert [r["policy_version"] for r in b] == [r["policy_version"] for r in a]
+    figures = ("eval/greedy_pass@1", "eval/pass@1", "eval/pass@2", "eval/mean@2", "eval/reward_mean@2")
+    assert [r["step"] for r in a if "eval/pass@2" in r] == [1, 3, 5] and all(r["eval/prompts"] == 12 for r in a
+                                                                           if "eval/pass@2" in r)
+    assert [[r.get(k) for k in figures] for r in b] == [[r.get(k) for k in figures] for r in a]
     ck = "checkpoints/step_000006"
     assert weights_hash(tiny_root / "resume-split" / ck) == weights_hash(tiny_root / "resume-full" / ck)
     assert weights_hash(tiny_root / "resume-full" / "checkpoints/step_000003") != \

@@ -25,6 +25,9 @@ def make_run(run_dir: Path, steps_logged: int = STEPS, total_steps: int = STEPS)
              "verifier/errors": 2.0 if s == 7 else 0.0, "logprob_gap/mean": 1.25e-6 * (s + 1)}
         if s == steps_logged - 1:
             r["timing/checkpoint"] = 0.5
+        if s % 4 == 3:  # run.eval_every=4
+            r.update({"timing/eval": 0.3, "eval/prompts": 8.0, "eval/errors": 0.0, "eval/pass@1": 0.125 * (s // 4),
+                      "eval/greedy_pass@1": 0.25})
         rows.append(r)
         table = []
         for p in range(P):

@@ -52,17 +52,19 @@ def test_console_script_runs(tmp_path):
 
 def test_eval_end_to_end(tmp_path, capsys):
     """Real work: build the tiny model, sample completions, verify them, write the run directory."""
-    args = ["eval", f"run.root={tmp_path}", "run.name=e", "rollout.samples_per_prompt=2", "rollout.prompts_per_step=4",
-            "--num-prompts", "6"]
+    args = ["eval", f"run.root={tmp_path}", "run.name=e", "eval.samples=2", "eval.pass_k=[1, 2]",
+            "rollout.prompts_per_step=4", "--num-prompts", "6"]
     assert main(args) == 0
     run = tmp_path / "e-eval"
     assert (run / "config.yaml").is_file()
     (row,) = read_metrics(run / "metrics.jsonl")
     assert 0.0 <= row["eval/reward_mean"] <= 1.0 and row["tokens/generated"] > 0
+    assert row["eval/prompts"] == 6 and 0.0 <= row["eval/greedy_pass@1"] <= 1.0
+    assert 0.0 <= row["eval/pass@1"] <= row["eval/pass@2"] <= 1.0 and row["eval/pass@1"] == row["eval/mean@2"]
     table = read_rollouts(run)
     assert table.num_rows == 12 and set(table.column("policy_version").to_pylist()) == {0}
     assert len(set(table.column("prompt_uid").to_pylist())) == 6  # 6 distinct prompts, 2 samples each
-    assert "evaluated 6 prompts x 2 samples" in capsys.readouterr().out
+    assert "evaluated 6 prompts, greedy + 2 samples each: " in capsys.readouterr().out
 
 
 def test_eval_bad_verifier_plugin_is_clear(tmp_path, capsys):

@@ -48,6 +48,9 @@ def test_report_in_chromium(tmp_path):
         median = statistics.median(r["timing/step"] for r in rows)
         assert abs(float(summary["median step seconds"]) - median) <= 5e-6 * median
         assert summary["steps logged"] == str(STEPS)
+        evals = [r for r in rows if "eval/pass@1" in r]  # the last evaluation's scores, not its counts
+        assert float(summary["last eval/pass@1"]) == evals[-1]["eval/pass@1"] and summary["evaluations"] == "3"
+        assert "last eval/prompts" not in summary
         kinds = driver.execute_script("return [...document.querySelectorAll('#events tbody tr')].map(r => r.dataset.kind)")
         assert kinds == ["fault", "fleet", "sync", "verifier", "checkpoint"]
         assert "steps: 12" in driver.find_element("id", "config").text
