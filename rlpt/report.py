@@ -39,7 +39,6 @@ EVENT_COLORS = {"fault": "#c44e52", "fleet": "#4c72b0", "sync": "#dd8452", "veri
                 "checkpoint": "#55a868"}
 SAMPLE_COLUMNS = ("completion", "reward", "correct", "error", "finish_reason", "num_tokens", "policy_version",
                   "engine", "sample_index")
-GROUP_COLUMNS = ("step", "prompt_uid", "prompt", "answer")
 
 
 @dataclass(frozen=True)
@@ -148,8 +147,8 @@ def _group(kind: str, group: list[dict[str, Any]]) -> dict[str, Any]:
     for s in sorted(group, key=lambda s: s["sample_index"]):
         sample = {k: s.get(k) for k in SAMPLE_COLUMNS}
         sample["completion"] = _clip(sample["completion"])
-        sample["terms"] = {k: v for k, v in s.items()  # per-term rewards and other columns a verifier adds
-                           if k not in SAMPLE_COLUMNS + GROUP_COLUMNS and isinstance(v, (int, float))}
+        # what the verifier said besides the reward (its Score.info: reward terms, the parsed answer, ...)
+        sample["terms"] = json.loads(s["info"]) if s.get("info") else {}
         samples.append(sample)
     return {"kind": kind, "step": int(head["step"]), "prompt_uid": str(head["prompt_uid"]),
             "prompt": _clip(head["prompt"]), "answer": head.get("answer"),

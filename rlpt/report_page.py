@@ -100,7 +100,7 @@ function renderGroups() {
     box.append(el("pre", g.prompt));
     if (g.answer !== null && g.answer !== undefined) box.append(el("p", "answer: " + g.answer, "muted"));
     const t = el("table"); const h = el("tr");
-    ["#", "reward", "correct", "finish", "tokens", "version", "engine", "terms", "error", "completion"].forEach(c => h.append(el("th", c)));
+    ["#", "reward", "correct", "finish", "tokens", "version", "engine", "verifier info", "error", "completion"].forEach(c => h.append(el("th", c)));
     t.append(h);
     for (const s of samples) {
       const tr = el("tr");

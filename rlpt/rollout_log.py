@@ -5,9 +5,10 @@ For audit, for counting (every prompt scored exactly once), and as RFT/DPO data.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +20,17 @@ SCHEMA = pa.schema([
     ("sample_index", pa.int32()), ("completion", pa.string()), ("num_tokens", pa.int32()),
     ("finish_reason", pa.string()), ("reward", pa.float64()), ("correct", pa.bool_()), ("error", pa.string()),
     ("policy_version", pa.int64()), ("engine", pa.string()),
+    ("info", pa.string()),  # the verifier's details (its Score.info: parsed answer, reward terms) as JSON
 ])
+
+
+def info_json(info: Mapping[str, Any]) -> str | None:
+    """A verifier's `info` as JSON (values JSON cannot hold are written as their str), None when empty.
+
+    >>> info_json({"pred": 42.0, "format": 1}), info_json({})
+    ('{"format": 1, "pred": 42.0}', None)
+    """
+    return json.dumps(dict(info), default=str, sort_keys=True) if info else None
 
 
 def rollout_table(step: int, scored: Sequence[ScoredRollout]) -> pa.Table:
@@ -29,7 +40,7 @@ def rollout_table(step: int, scored: Sequence[ScoredRollout]) -> pa.Table:
             "answer": s.rollout.prompt.answer, "sample_index": s.rollout.sample_index, "completion": s.rollout.text,
             "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
-            "engine": s.rollout.engine,
+            "engine": s.rollout.engine, "info": info_json(s.info),
         }
         for s in scored
     ]
@@ -51,4 +62,5 @@ def read_rollouts(run_dir: Path) -> pa.Table:
     files = sorted((run_dir / "rollouts").glob("step_*.parquet"))
     if not files:
         return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    # files written before a column existed get it as nulls (a run resumed across an upgrade)
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")

@@ -37,7 +37,8 @@ def make_run(run_dir: Path, steps_logged: int = STEPS, total_steps: int = STEPS)
                               "sample_index": i, "completion": completion, "num_tokens": 2, "finish_reason": "length",
                               "reward": float(p == P - 1) * (i + 1) / G if p else 0.0, "correct": p == P - 1,
                               "error": "timeout: verifier took > 10s" if (s, p, i) == (7, 1, 2) else None,
-                              "policy_version": s, "engine": "rollout-0"})
+                              "policy_version": s, "engine": "rollout-0",
+                              "info": json.dumps({"pred": p + i, "format": 1.0}) if p == P - 1 else None})
         (run_dir / "rollouts").mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(table, schema=SCHEMA), run_dir / "rollouts" / f"step_{s:06d}.parquet")
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -64,3 +64,16 @@ def test_cli_writes_report_html_next_to_the_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     path, done = write_report(tmp_path / "run", tmp_path / "x" / "r.html")
     assert path.is_file() and done and not list((tmp_path / "x").glob("*.tmp"))
+
+
+def test_rollouts_written_before_the_info_column_are_still_read(tmp_path):
+    import pyarrow.parquet as pq
+
+    from rlpt.rollout_log import SCHEMA, read_rollouts
+
+    make_run(tmp_path / "run", steps_logged=2)
+    old = pq.read_table(tmp_path / "run" / "rollouts" / "step_000000.parquet").drop_columns(["info"])
+    pq.write_table(old, tmp_path / "run" / "rollouts" / "step_000000.parquet")  # as an older rlpt wrote it
+    table = read_rollouts(tmp_path / "run")
+    assert table.schema.names == SCHEMA.names and table.num_rows == 2 * 12
+    assert table.column("info").to_pylist()[:12] == [None] * 12

@@ -60,6 +60,8 @@ def test_report_in_chromium(tmp_path):
         assert groups == ["best", "worst", "random"]
         shown = driver.execute_script("return [...document.querySelectorAll('#groups pre')].map(p => p.textContent)")
         assert HOSTILE in shown and driver.execute_script("return window.pwned") is None
+        info = driver.execute_script("return [...document.querySelectorAll('.kind-best td.text')].map(t => t.textContent)")
+        assert "pred=4 format=1" in info  # the verifier's info of the best group's sample 1 (prompt 3, sample 1)
         # filters: step 7 with errors only leaves the one error row
         driver.execute_script("const s = document.getElementById('step'); s.value = '7';"
                               "s.dispatchEvent(new Event('input'));"
