@@ -69,12 +69,25 @@ def nodes(out: Path) -> None:
         if size == 2 and state["joined_at"] is None:
             state["joined_at"] = step
         if state["joined_at"] is not None and step == state["joined_at"] + 3:
+            engine_a = graph.fleet.pool.workers[graph.fleet.pool.names.index("rollout-0")]
+
             def remove() -> None:
                 time.sleep(0.05)  # let the next step start generating
                 cluster.remove_node(node_a, allow_graceful=False)
-                # how long killing a raylet takes varies with the machine's load: record where the run was when
-                # the node was really gone, so the test can bound when its engine must have left
                 events.append({"event": "node_gone", "last_step_done": state["last_step"]})
+                # The engine's process outlives its raylet by a while that varies with load (seconds: a varying
+                # number of these short steps). Record where the run was when a call to it first failed, so the
+                # test bounds rlpt's reaction (the engine leaves within a step or two), not the process's end.
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    try:
+                        ray.get(engine_a.ping.remote(), timeout=10)
+                    except ray.exceptions.RayActorError:
+                        break
+                    except ray.exceptions.GetTimeoutError:
+                        continue  # busy or going: ask again
+                    time.sleep(0.1)
+                events.append({"event": "engine_unreachable", "last_step_done": state["last_step"]})
             state["remover"] = threading.Thread(target=remove)
             state["remover"].start()
             events.append({"event": "node_removed", "after_step": step})

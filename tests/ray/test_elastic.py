@@ -48,12 +48,12 @@ def test_nodes_join_and_leave_mid_run(tmp_path, ray_cluster, tiny_root):
     joined_at = sizes.index(2)
     assert sizes[:3] == [1, 1, 1] and joined_at == 3  # node added after step 2, the engine joins at that boundary
     left_at = joined_at + sizes[joined_at:].index(1)
-    # the node is removed from a thread as step joined_at + 4 starts; killing its raylet takes a while that varies
-    # with load, so the scenario records the last finished step when the node was really gone. Its engine dies
-    # during the step then running (work re-issued, dropped at that step's boundary) or soon after it (dropped at
-    # one of the next two); it never leaves before the removal began
-    gone = next(e for e in res["summary"]["events"] if e["event"] == "node_gone")["last_step_done"]
-    assert joined_at + 4 <= left_at <= gone + 3, (left_at, gone)
+    # the node is removed from a thread as step joined_at + 4 starts; its engine's process outlives the raylet by a
+    # varying while (seconds: a varying number of these short steps), so the scenario records the last finished
+    # step when a call to the engine first failed. The run notices it during the step then running (work
+    # re-issued, dropped at that step's boundary) or at the next one's; it never leaves before the removal began
+    gone = next(e for e in res["summary"]["events"] if e["event"] == "engine_unreachable")["last_step_done"]
+    assert joined_at + 4 <= left_at <= gone + 2, (left_at, gone, res["summary"]["events"])
     assert set(sizes[left_at:]) == {1}
     assert rows[-1]["fleet/joined"] == 1 and rows[-1]["fleet/left"] == 1
     assert rows[-1]["faults/rollout_restarts"] == 1 and rows[-1]["fleet/pending"] == 1  # replacement awaits capacity

@@ -20,8 +20,8 @@ def test_resume_is_exact_for_grpo(ray_cluster, tiny_root):
     """With evaluation every 2 steps (a held-out set, greedy + 2 samples): the evaluation neither disturbs the
     training streams nor differs itself after the resume."""
     common = [f"run.root={tiny_root}", "learner.num_ranks=2", "learner.zero_stage=2", "learner.lr=1e-2",
-              "rollout.prompts_per_step=8", "run.eval_every=2", "eval.holdout=12", "eval.samples=2",
-              "eval.pass_k=[1, 2]"]
+              "rollout.prompts_per_step=8", "run.eval_every=2", "eval.holdout=64", "eval.samples=4",
+              "eval.pass_k=[1, 4]"]
     full = load_config(None, [*common, "run.name=resume-full", "run.steps=6", "run.checkpoint_every=3"])
     train(full, tiny_root / "resume-full")
     half = load_config(None, [*common, "run.name=resume-split", "run.steps=3"])
@@ -33,9 +33,10 @@ def test_resume_is_exact_for_grpo(ray_cluster, tiny_root):
     assert [r["step"] for r in b] == list(range(6))
     assert [r["reward/mean"] for r in b] == [r["reward/mean"] for r in a]
     assert [r["policy_version"] for r in b] == [r["policy_version"] for r in a]
-    figures = ("eval/greedy_pass@1", "eval/pass@1", "eval/pass@2", "eval/mean@2", "eval/reward_mean@2")
-    assert [r["step"] for r in a if "eval/pass@2" in r] == [1, 3, 5] and all(r["eval/prompts"] == 12 for r in a
-                                                                           if "eval/pass@2" in r)
+    figures = ("eval/greedy_pass@1", "eval/pass@1", "eval/pass@4", "eval/mean@4", "eval/reward_mean@4")
+    evals = [r for r in a if "eval/pass@4" in r]
+    assert [r["step"] for r in evals] == [1, 3, 5] and all(r["eval/prompts"] == 64 for r in evals)
+    assert any(r["eval/pass@4"] > 0 for r in evals)  # the figures compared below are not all 0 (seeded run)
     assert [[r.get(k) for k in figures] for r in b] == [[r.get(k) for k in figures] for r in a]
     ck = "checkpoints/step_000006"
     assert weights_hash(tiny_root / "resume-split" / ck) == weights_hash(tiny_root / "resume-full" / ck)
