@@ -24,7 +24,7 @@ from actors.verifier import VerifierPool, VerifierWorker
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
 from rlpt.config import RlptConfig
-from rlpt.loops import dpo, online, rft
+from rlpt.loops import async_online, dpo, online, rft
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.metrics import truncate_metrics
 from rlpt.prepare import PreparedRun, event, prepare
@@ -34,6 +34,8 @@ LOOPS: dict[LoopKind, Callable[..., None]] = {
     LoopKind.QUOTA_ROUNDS: rft.run,
     LoopKind.PAIR_ROUNDS: dpo.run,
 }
+# rollout.max_staleness >= 1: the loops that overlap generation with training (rlpt.prepare refuses the others)
+ASYNC_LOOPS: dict[LoopKind, Callable[..., None]] = {LoopKind.ONLINE: async_online.run}
 
 
 class RemoteReference:
@@ -203,7 +205,8 @@ def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path
             truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
         kind = algorithm_of(cfg).loop(cfg)
         extra = {"eval_prompts": prep.eval_prompts} if kind is LoopKind.ONLINE else {}  # rlpt.prepare checks
-        LOOPS[kind](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step, state, **extra)
+        loops = ASYNC_LOOPS if cfg.rollout.max_staleness else LOOPS
+        loops[kind](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step, state, **extra)
     except LearnerRankLost as e:
         raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
@@ -239,24 +239,28 @@ class RolloutPool:
         self.dead = set()
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                 account: bool = True) -> list[Rollout]:
+                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None
+                 ) -> list[Rollout]:
         """The rollouts of these prompts, in order. `account=False` (evaluation) leaves the autoscaler's busy time
-        and `timing/rollout_engine` to training's generation."""
+        and `timing/rollout_engine` to training's generation. `on_chunk(first prompt index, rollouts)` is called
+        as each chunk comes back (the asynchronous loop scores it while the engines go on: streaming
+        verification); a chunk lost with its engine is reported once, by the engine that generates it again."""
         if not account:
             saved = dict(self.engine_s)
             try:
-                return self._generate(prompts, seeds, spec)
+                return self._generate(prompts, seeds, spec, on_chunk)
             finally:
                 self.engine_s = saved
         start = time.perf_counter()
         if self.window_start is None:
             self.window_start = start
         try:
-            return self._generate(prompts, seeds, spec)
+            return self._generate(prompts, seeds, spec, on_chunk)
         finally:
             self.busy_s += time.perf_counter() - start
 
-    def _generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+    def _generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
+                  on_chunk: Callable[[int, list[Rollout]], None] | None) -> list[Rollout]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -292,6 +296,8 @@ class RolloutPool:
                       f"{len(ps)} prompts to the live engines", file=sys.stderr)
                 continue
             idle.append(w)
+            if on_chunk is not None:
+                on_chunk(start, results[start])
         return [r for start in sorted(results) for r in results[start]]
 
     def check_alive(self, timeout_s: float) -> set[int]:

@@ -153,6 +153,13 @@ class RolloutConfig(_Section):
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache of a CPU engine in GiB (an exported "
                                                        "VLLM_CPU_KVCACHE_SPACE wins)")
     max_restarts: int = Field(3, ge=0, description="dead rollout engines replaced per run before giving up")
+    max_staleness: int = Field(0, ge=0, description=(
+        "K: 0 = the synchronous loop; K >= 1 = asynchronous: engines generate for later steps while the learner "
+        "trains, and a sample from policy version v is trained on at learner version u only if u - v <= K"))
+    stale: Literal["wait", "drop"] = Field("wait", description=(
+        "with max_staleness >= 1: wait = generation for step s starts only once the learner holds version s - K "
+        "(no sample can pass the bound; deterministic, resumes exactly); drop = generation never waits for the "
+        "learner, and groups past the bound when their step is trained are dropped and regenerated"))
 
 
 # -------------------------------------------------------------------------------------------------- verifier
@@ -253,6 +260,15 @@ class AlgorithmConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------------- learner
+class OffPolicyConfig(_Section):
+    correction: Literal["tis", "token_mask", "seq_mask", "none"] = Field("tis", description=(
+        "with rollout.max_staleness >= 1: decoupled PPO (the clip is against the learner's logprobs at the start "
+        "of the step) weighted by pi_prox / pi_behaviour, truncated at cap (tis), or tokens (token_mask) / whole "
+        "samples by their geometric mean (seq_mask) outside [1/cap, cap] masked; none = plain PPO against "
+        "learner.old_logprobs (rlpt.algorithms.off_policy)"))
+    cap: float = Field(2.0, gt=1, description="C, the importance-weight cap of the correction")
+
+
 class LearnerConfig(_Section):
     num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel learner ranks")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
@@ -272,6 +288,7 @@ class LearnerConfig(_Section):
         " before the update (recompute)"))
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description=(
         "torch.distributed backend of the learner ranks: auto = nccl on GPU, gloo on CPU"))
+    off_policy: OffPolicyConfig = OffPolicyConfig()
 
 
 # ------------------------------------------------------------------------------------------------------ sync

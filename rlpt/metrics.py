@@ -206,6 +206,14 @@ class PhaseTimer:
         """Seconds per phase since the last reset, e.g. {"timing/rollout": 1.25}."""
         return {f"{prefix}{name}": seconds for name, seconds in self._totals.items()}
 
+    def add(self, totals: dict[str, float]) -> None:
+        """Count seconds measured elsewhere ({"rollout": 1.5}: another thread's timer) into these phases."""
+        for name, seconds in totals.items():
+            self._totals[name] = self._totals.get(name, 0.0) + seconds
+
+    def totals(self) -> dict[str, float]:
+        return dict(self._totals)
+
     def reset(self) -> None:
         """Forget the totals (call once per step, after logging)."""
         self._totals.clear()

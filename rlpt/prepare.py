@@ -36,6 +36,7 @@ class PreparedRun:
 
 
 def inspect_run(cfg: RlptConfig) -> PreparedRun:
+    check_async(cfg)
     model_path = resolve_model_path(cfg)
     check_lengths(cfg, model_path)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
@@ -62,6 +63,17 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
         f"completions that way (a WordLevel tokenizer needs a decoder, e.g. tokenizers.decoders.Fuse())",)
     return PreparedRun(model_path, tok, train_prompts, tokenized.skipped_too_long, facts, shape, lengths,
                        template, warnings, eval_prompts=eval_prompts)
+
+
+def check_async(cfg: RlptConfig) -> None:
+    """rollout.max_staleness >= 1 needs the online loop (the round loops have no producer to overlap)."""
+    from rlpt.algorithms import algorithm_of
+    from rlpt.algorithms.base import LoopKind
+
+    if cfg.rollout.max_staleness and algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
+        raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness}: asynchronous training runs in the "
+                          f"online loop; algorithm {cfg.algorithm.name!r} here trains in rounds (set "
+                          f"rollout.max_staleness: 0)")
 
 
 HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)

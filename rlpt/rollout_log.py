@@ -21,6 +21,10 @@ SCHEMA = pa.schema([
     ("finish_reason", pa.string()), ("reward", pa.float64()), ("correct", pa.bool_()), ("error", pa.string()),
     ("policy_version", pa.int64()), ("engine", pa.string()),
     ("info", pa.string()),  # the verifier's details (its Score.info: parsed answer, reward terms) as JSON
+    # The learner version the step trained at (so learner_version - policy_version is the sample's staleness) and
+    # whether the sample was in the trained batch (dynamic sampling and stale drops leave samples out); null in
+    # the round loops' files.
+    ("learner_version", pa.int64()), ("trained", pa.bool_()),
 ])
 
 
@@ -33,27 +37,31 @@ def info_json(info: Mapping[str, Any]) -> str | None:
     return json.dumps(dict(info), default=str, sort_keys=True) if info else None
 
 
-def rollout_table(step: int, scored: Sequence[ScoredRollout]) -> pa.Table:
+def rollout_table(step: int, scored: Sequence[ScoredRollout], learner_version: int | None = None,
+                  trained: Sequence[bool] | None = None) -> pa.Table:
+    marks: Sequence[bool | None] = [None] * len(scored) if trained is None else trained
     rows = [
         {
             "step": step, "prompt_uid": s.rollout.prompt.uid, "prompt": s.rollout.prompt.text,
             "answer": s.rollout.prompt.answer, "sample_index": s.rollout.sample_index, "completion": s.rollout.text,
             "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
-            "engine": s.rollout.engine, "info": info_json(s.info),
+            "engine": s.rollout.engine, "info": info_json(s.info), "learner_version": learner_version,
+            "trained": t,
         }
-        for s in scored
+        for s, t in zip(scored, marks)
     ]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def write_rollouts(run_dir: Path, step: int, scored: Sequence[ScoredRollout]) -> Path:
+def write_rollouts(run_dir: Path, step: int, scored: Sequence[ScoredRollout], learner_version: int | None = None,
+                   trained: Sequence[bool] | None = None) -> Path:
     """Write atomically (temp file + rename): a crash never leaves a half-written step file."""
     out_dir = run_dir / "rollouts"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"step_{step:06d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(rollout_table(step, scored), tmp)
+    pq.write_table(rollout_table(step, scored, learner_version, trained), tmp)
     os.replace(tmp, path)
     return path
 

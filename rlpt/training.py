@@ -10,13 +10,14 @@ Loss scaling: each micro-batch's loss already carries its share of the mini-batc
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from rlpt.algorithms.base import Algorithm, LossStats, Share, StepPlan
+from rlpt.algorithms.off_policy import CORRECTIONS, Corrected, behaviour_kl, log_is_weights
 from rlpt.batching import select_rows
 from rlpt.config import RlptConfig
 
@@ -47,6 +48,39 @@ class RankReport:
     grad_norms: list[float] = field(default_factory=list)
     lr: float = 0.0
     optimizer_steps: int = 0
+    off_policy: "OffPolicySums | None" = None  # with an off-policy correction
+
+
+@dataclass(frozen=True)
+class OffPolicySums:
+    """Sums over response tokens of the correction's weights (ranks add up; the maximum is maxed), so the group
+    reports `off_policy/*` over the whole batch."""
+
+    tokens: float = 0.0
+    weight: float = 0.0
+    weight_max: float = 0.0
+    changed: float = 0.0
+    kl: float = 0.0
+
+    @torch.no_grad()
+    def add(self, log_w_B_T: Tensor, c: Corrected, mask_B_T: Tensor) -> "OffPolicySums":
+        mask = mask_B_T.bool()
+        w = torch.exp(log_w_B_T[mask])
+        return OffPolicySums(self.tokens + float(mask.sum()), self.weight + float(w.sum()),
+                             max(self.weight_max, float(w.max()) if w.numel() else 0.0),
+                             self.changed + float(c.changed_B_T[mask].sum()),
+                             self.kl + float(behaviour_kl(log_w_B_T)[mask].sum()))
+
+    def merged(self, other: "OffPolicySums") -> "OffPolicySums":
+        return OffPolicySums(self.tokens + other.tokens, self.weight + other.weight,
+                             max(self.weight_max, other.weight_max), self.changed + other.changed,
+                             self.kl + other.kl)
+
+    def as_metrics(self) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        return {"off_policy/is_weight_mean": self.weight / n if self.tokens else 1.0,
+                "off_policy/is_weight_max": self.weight_max if self.tokens else 1.0,
+                "off_policy/corrected_frac": self.changed / n, "off_policy/behaviour_kl": self.kl / n}
 
 
 def micro_batches(rows: Share, micro: int) -> list[Share]:
@@ -62,12 +96,28 @@ def recompute_old_logprobs(trainee: Trainee, plan: StepPlan, micro: int) -> list
             for mb in plan.mini_batches]
 
 
+def correction_of(algo: Algorithm, cfg: RlptConfig) -> Callable[[Tensor, Tensor], Corrected] | None:
+    """The off-policy correction of this run (rlpt.algorithms.off_policy), or None: it is on when samples may be
+    stale (rollout.max_staleness >= 1), the loss takes a ratio, and learner.off_policy.correction is not none."""
+    name, cap = cfg.learner.off_policy.correction, cfg.learner.off_policy.cap
+    if cfg.rollout.max_staleness == 0 or not algo.uses_old_logprobs or name == "none":
+        return None
+    fn = CORRECTIONS[name]
+    return lambda log_w, mask: fn(log_w, mask, cap)
+
+
 def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPlan, micro: int) -> RankReport:
-    """This rank's part of one training step: `plan` holds this rank's share of each mini-batch (`for_rank`)."""
-    olds = (recompute_old_logprobs(trainee, plan, micro)
-            if algo.uses_old_logprobs and cfg.learner.old_logprobs == "recompute" else None)
+    """This rank's part of one training step: `plan` holds this rank's share of each mini-batch (`for_rank`).
+
+    With an off-policy correction (decoupled PPO) the ratio is taken against the proximal logprobs (a learner
+    forward before any update) and every token's loss weight is multiplied by its correction weight c_t, computed
+    from pi_prox / pi_behaviour (the engine's logprobs of the sampled tokens)."""
+    correct = correction_of(algo, cfg)
+    olds = (recompute_old_logprobs(trainee, plan, micro) if algo.uses_old_logprobs and (
+        cfg.learner.old_logprobs == "recompute" or correct is not None) else None)
     parts: list[LossStats] = []
     gap = gap_max = gap_tokens = 0.0
+    off = OffPolicySums()
     grad_norms: list[float] = []
     trainee.set_train(True)
     for j, m in enumerate(plan.order):
@@ -75,6 +125,13 @@ def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPla
             rows = share.rows
             logp = trainee.logprobs(rows.input_ids_B_T, rows.attention_mask_B_T)
             old = rows.rollout_logprobs_B_T if olds is None else olds[m][i]
+            if correct is not None:
+                log_w = log_is_weights(old, rows.rollout_logprobs_B_T, rows.loss_mask_B_T)
+                c = correct(log_w, rows.loss_mask_B_T)
+                assert rows.loss_weights_B_T is not None, "token rows carry loss weights"
+                share = Share(replace(rows, loss_weights_B_T=rows.loss_weights_B_T * c.weight_B_T), share.norm)
+                if j == 0:  # the first pass sees every token once
+                    off = off.add(log_w, c, rows.loss_mask_B_T)
             loss, stats = algo.loss(logp, old, share, cfg)
             trainee.backward_step(loss)
             parts.append(stats)
@@ -86,7 +143,7 @@ def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPla
                     gap, gap_max, gap_tokens = gap + float(d.sum()), max(gap_max, float(d.max())), gap_tokens + d.numel()
         grad_norms.append(trainee.grad_norm())
     return RankReport(functools.reduce(lambda a, b: a.merged(b), parts), gap, gap_max, gap_tokens, grad_norms,
-                      trainee.lr(), trainee.optimizer_steps())
+                      trainee.lr(), trainee.optimizer_steps(), None if correct is None else off)
 
 
 def step_metrics(reports: Sequence[RankReport], plan: StepPlan) -> dict[str, float]:
@@ -95,7 +152,10 @@ def step_metrics(reports: Sequence[RankReport], plan: StepPlan) -> dict[str, flo
     stats = functools.reduce(lambda a, b: a.merged(b), [r.stats for r in reports])
     gap_tokens = sum(r.gap_tokens for r in reports)
     first = reports[0]
+    offs = [r.off_policy for r in reports if r.off_policy is not None]
+    off = functools.reduce(lambda a, b: a.merged(b), offs).as_metrics() if offs else {}
     return {
+        **off,
         **stats.as_metrics(plan.passes, plan.optimizer_steps),
         "actor/grad_norm": first.grad_norms[-1] if first.grad_norms else 0.0,
         "actor/lr": first.lr,

@@ -10,7 +10,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, Sequence, TypeVar
 
@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 class RolloutService(Protocol):
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                 account: bool = True) -> list[Rollout]:
-        """`account=False` (evaluation): the engines' time is not counted as the step's rollout time."""
+                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None
+                 ) -> list[Rollout]:
+        """`account=False` (evaluation): the engines' time is not counted as the step's rollout time.
+        `on_chunk(first prompt index, rollouts)`: called as each chunk is done (streaming verification)."""
         ...
 
 
@@ -137,6 +139,7 @@ def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> di
         "response/len_mean": sum(lengths) / n,
         "response/truncated_frac": sum(1 for s in scored if s.rollout.finish_reason == "length") / n,
         "staleness/mean": sum(learner_version - s.rollout.policy_version for s in scored) / n,
+        "staleness/max": float(max((learner_version - s.rollout.policy_version for s in scored), default=0)),
     }
 
 
@@ -152,15 +155,19 @@ class LoopState:
     policy_version: int
     cursor: dict[str, Any]
     rng: list[Any] | None = None  # the loop's own random.Random (DPO pairing, RFT shuffling): `rng_state`
+    # The asynchronous loop's finished-but-untrained steps (rlpt.loops.in_flight.to_json); `cursor` is then the
+    # cursor after the last of them.
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({"next_step": self.next_step, "policy_version": self.policy_version, "cursor": self.cursor,
-                           "rng": self.rng})
+                           "rng": self.rng, "in_flight": self.in_flight})
 
     @staticmethod
     def read(path: Path) -> "LoopState":
         d = json.loads(path.read_text())
-        return LoopState(int(d["next_step"]), int(d["policy_version"]), dict(d["cursor"]), d.get("rng"))
+        return LoopState(int(d["next_step"]), int(d["policy_version"]), dict(d["cursor"]), d.get("rng"),
+                         list(d.get("in_flight", [])))
 
 
 def rng_state(rng: random.Random) -> list[Any]:
@@ -244,6 +251,10 @@ class StepEnd:
     t0: float  # perf_counter() at the step's start
     cursor: dict[str, Any]
     rng: random.Random | None = None  # the loop's own RNG, when it has one (saved in checkpoints)
+    learner_version: int | None = None  # the version the step trained at (rollouts file; None: round loops)
+    trained_samples: Sequence[ScoredRollout] = ()  # the samples in the trained batch (the rollouts file marks them)
+    # The asynchronous loop: (cursor, in-flight steps) for a checkpoint, asked only when one is written.
+    in_flight: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]] | None = None
 
 
 def end_step(run: LoopRun, end: StepEnd) -> None:
@@ -257,7 +268,9 @@ def end_step(run: LoopRun, end: StepEnd) -> None:
     cfg, metrics, timer = run.cfg, end.metrics, run.timer
     if cfg.run.log_rollouts:
         scored = list(end.scored)  # the loop may reuse its list; the thread writes this step's rollouts
-        run.writer.submit(f"rollouts of step {end.step}", lambda: write_rollouts(run.run_dir, end.step, scored))
+        trained = {id(s) for s in end.trained_samples}
+        run.writer.submit(f"rollouts of step {end.step}", lambda: write_rollouts(
+            run.run_dir, end.step, scored, end.learner_version, [id(s) in trained for s in scored]))
     written = _write_checkpoint_if_due(run, end)
     # Nothing trained this step: no sync, so no sync/* or logprob_gap/* figures (absent, not 0; see sync/skipped).
     metrics["sync/skipped"] = 0.0 if end.trained else 1.0
@@ -285,7 +298,9 @@ def _write_checkpoint_if_due(run: LoopRun, end: StepEnd) -> Path | None:
         return None
     t = time.perf_counter()
     with run.timer.phase("checkpoint"):
-        state = LoopState(end.step + 1, end.version, end.cursor, None if end.rng is None else rng_state(end.rng))
+        cursor, in_flight = (end.cursor, []) if end.in_flight is None else end.in_flight()
+        state = LoopState(end.step + 1, end.version, cursor, None if end.rng is None else rng_state(end.rng),
+                          in_flight)
         tmp = write_checkpoint(run.workers.learner, run.run_dir, end.step + 1, state)
     print(f"[rlpt] checkpoint {tmp.name.removesuffix('.tmp')} ({time.perf_counter() - t:.1f}s)", file=sys.stderr,
           flush=True)

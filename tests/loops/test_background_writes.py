@@ -79,10 +79,10 @@ def test_a_failed_background_write_stops_the_run_and_completes_no_later_checkpoi
 
     real = rlpt.rollout_log.write_rollouts
 
-    def write_rollouts(run_dir, step, scored):
+    def write_rollouts(run_dir, step, scored, *marks):
         if step == 1:
             raise OSError("disk full")
-        return real(run_dir, step, scored)
+        return real(run_dir, step, scored, *marks)
 
     monkeypatch.setattr(rlpt.rollout_log, "write_rollouts", write_rollouts)
     cfg, _, _, w = make(tmp_path, "run.steps=6", "run.checkpoint_every=1")

@@ -1,0 +1,192 @@
+"""The asynchronous loop's producer: a driver thread that samples and scores the steps ahead of the learner, and
+the few points where it and the learner loop (rlpt/loops/async_online.py) meet.
+
+Admission (which step the producer may start, K = rollout.max_staleness):
+  wait  step s starts once the learner has finished step s - K - 1 (its sync is done), and the learner's sync
+        after step t waits until step t + K is finished. So step s is generated entirely by the weights after
+        step s - K - 1 (a sample of policy version v meets learner version u <= v + K), whatever the timing:
+        the run is deterministic and resumes exactly.
+  drop  the producer never waits for a version: it runs ahead while fewer than K + 1 finished steps wait to be
+        trained. A slow learner then meets samples past the bound, which the loop drops and regenerates.
+Engine calls from this driver take turns (`engines` lock): a generate round, a sync, an evaluation. A sync
+therefore waits for the producer's current round (its chunks finish on the old weights, stamped so) and never
+changes the fleet under a running round.
+
+The producer also builds each step's batch and asks the reference model for its logprobs (a frozen reference:
+they depend on the samples only), so the learner's path is train + sync.
+
+Streaming verification: each chunk is scored (on one verifier thread, so the verifier pool sees one call at a
+time) as soon as the engines return it, while the engines go on; a step is ready when its last chunk is scored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+from rlpt.algorithms.base import OnlineHooks
+from rlpt.config import RlptConfig
+from rlpt.data import PromptCursor
+from rlpt.errors import RunFault
+from rlpt.loops.common import Workers
+from rlpt.loops.in_flight import StepSamples
+from rlpt.loops.online import Sampler, collect_groups, sampling_spec, with_reference
+from rlpt.metrics import PhaseTimer
+from rlpt.types import Prompt, Rollout, ScoredRollout
+
+POLL_S = 0.5  # how often a wait looks at the other side's failure
+
+
+class ProducerStalled(RunFault, TimeoutError):
+    pass
+
+
+class SerialVerifier:
+    """The verifier service with one call at a time: the streaming thread and an evaluation share it."""
+
+    def __init__(self, verifier: Any) -> None:
+        self.verifier, self.lock = verifier, threading.Lock()
+
+    def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]:
+        with self.lock:
+            return self.verifier.score(rollouts)
+
+
+class Producer:
+    def __init__(self, cfg: RlptConfig, hooks: OnlineHooks, w: Workers[Any], prompts: Sequence[Prompt],
+                 cursor: PromptCursor, start_step: int, in_flight: Sequence[StepSamples], pad_id: int) -> None:
+        self.cfg, self.hooks, self.prompts, self.cursor, self.pad_id = cfg, hooks, prompts, cursor, pad_id
+        self.K, self.wait_mode = cfg.rollout.max_staleness, cfg.rollout.stale == "wait"
+        self.steps = cfg.run.steps
+        self.verifier = SerialVerifier(w.verifier)
+        self.workers = replace(w, verifier=self.verifier)  # what the learner side (evaluation) uses too
+        self.engines = threading.Lock()  # one engine call at a time from this driver: a round, a sync, an eval
+        self.cursor_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.ready: dict[int, StepSamples] = {s.step: s for s in in_flight}
+        self.trained_through = start_step - 1  # the last step whose sync (if any) is done
+        self.next_step = max(self.ready, default=start_step - 1) + 1
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.timeout_s = cfg.run.actor_timeout_s * (2 + self.hooks.resample_tries)
+        self.scoring = ThreadPoolExecutor(1, thread_name_prefix="rlpt-verify")
+        self.thread = threading.Thread(target=self._run, name="rlpt-producer", daemon=True)
+
+    # ------------------------------------------------------------------------------------------ producer side
+    def start(self) -> "Producer":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for step in range(self.next_step, self.steps):
+                t = time.perf_counter()
+                if not self._admit(step):
+                    return
+                samples = self._collect(step, time.perf_counter() - t)
+                with self.cond:
+                    self.ready[step] = samples
+                    self.cond.notify_all()
+        except BaseException as e:  # handed to the learner loop, which raises it
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+
+    def _admit(self, step: int) -> bool:
+        """Block until `step` may start (module docstring); False when the run is stopping."""
+        def may() -> bool:
+            if self.wait_mode:
+                return self.trained_through >= step - self.K - 1
+            return sum(1 for s in self.ready if s > self.trained_through) < self.K + 1
+
+        with self.cond:
+            while not (self.stopping or may()):
+                self.cond.wait(POLL_S)
+            return not self.stopping
+
+    def _collect(self, step: int, admit_s: float) -> StepSamples:
+        timer = PhaseTimer()
+        with self.cursor_lock:  # the drop mode's refills take prompts from the learner thread
+            kept, seen, _ = collect_groups(self.cfg, self.hooks, self.sampler(timer), self.prompts, self.cursor.take,
+                                           step)
+            cursor = self.cursor.state_dict()
+        batch = self.hooks.build_batch(kept, self.pad_id)  # and the reference's logprobs: off the learner's path
+        batch = None if batch is None else with_reference(self.workers, batch, timer)
+        return StepSamples(step, kept, seen, cursor, {**timer.totals(), "producer_wait": admit_s}, batch, True)
+
+    def sampler(self, timer: PhaseTimer) -> Sampler:
+        """Generate one round under the engines lock, scoring each chunk as it comes back."""
+        spec = sampling_spec(self.cfg)
+
+        def sample(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
+            scored: dict[int, Future[list[ScoredRollout]]] = {}
+
+            def on_chunk(start: int, rollouts: list[Rollout]) -> None:
+                scored[start] = self.scoring.submit(self.verifier.score, rollouts)
+
+            with self.engines, timer.phase("rollout"):
+                self.workers.rollout.generate(batch, seeds, spec, on_chunk=on_chunk)
+            with timer.phase("verify"):  # only what did not overlap the generation
+                return [s for start in sorted(scored) for s in scored[start].result()]
+        return sample
+
+    # ------------------------------------------------------------------------------------------- learner side
+    def take(self, step: int) -> StepSamples:
+        """The samples of `step`, once the producer has them."""
+        self._wait_for(lambda: step in self.ready, f"the samples of step {step}")
+        with self.cond:
+            return self.ready.pop(step)
+
+    def refill(self, step: int, want: int, first_attempt: int, timer: PhaseTimer
+               ) -> tuple[list[ScoredRollout], list[ScoredRollout]]:
+        """`want` more groups for `step` from the current weights (drop mode, after stale groups were dropped)."""
+        with self.cursor_lock:
+            kept, seen, _ = collect_groups(self.cfg, self.hooks, self.sampler(timer), self.prompts, self.cursor.take,
+                                           step, want=want, first_attempt=first_attempt)
+        return kept, seen
+
+    def before_sync(self, step: int) -> None:
+        """Wait mode: the sync after `step` waits until step + K is finished (generated by the old weights)."""
+        if self.wait_mode:
+            last = min(step + self.K, self.steps - 1)
+            self._wait_for(lambda: max(self.ready, default=step) >= last, f"the samples of step {last}")
+
+    def trained(self, step: int) -> None:
+        """`step` is trained and synced: the producer may admit what waited for it."""
+        with self.cond:
+            self.trained_through = step
+            self.cond.notify_all()
+
+    def in_flight(self, step: int) -> tuple[dict[str, Any], list[StepSamples]]:
+        """(cursor, finished untrained steps) for a checkpoint after `step`: in wait mode every step up to
+        step + K (the uninterrupted run's next samples, all generated by now); in drop mode what is finished."""
+        self.before_sync(step)
+        with self.cond:
+            done = [self.ready[s] for s in sorted(self.ready)]
+        if done:
+            return done[-1].cursor, done
+        with self.cursor_lock:
+            return self.cursor.state_dict(), []
+
+    def _wait_for(self, ok: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        with self.cond:
+            while not ok():
+                if self.error is not None:
+                    raise self.error
+                if not self.thread.is_alive():
+                    raise RuntimeError(f"the rollout producer stopped before {what}")
+                if time.monotonic() > deadline:
+                    raise ProducerStalled(f"the rollout producer did not deliver {what} within {self.timeout_s:.0f}s "
+                                          f"(engines and verifiers time out on their own calls; see their logs)")
+                self.cond.wait(POLL_S)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join(timeout=self.cfg.run.actor_timeout_s)
+        self.scoring.shutdown(wait=False, cancel_futures=True)
