@@ -67,10 +67,12 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
 
 def check_async(cfg: RlptConfig) -> None:
     """rollout.max_staleness >= 1 needs the online loop (the round loops have no producer to overlap)."""
+    if not cfg.rollout.max_staleness:
+        return  # (and no torch import: a preflight that fails stays fast)
     from rlpt.algorithms import algorithm_of
     from rlpt.algorithms.base import LoopKind
 
-    if cfg.rollout.max_staleness and algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
+    if algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
         raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness}: asynchronous training runs in the "
                           f"online loop; algorithm {cfg.algorithm.name!r} here trains in rounds (set "
                           f"rollout.max_staleness: 0)")

@@ -71,4 +71,6 @@ def read_rollouts(run_dir: Path) -> pa.Table:
     if not files:
         return SCHEMA.empty_table()
     # files written before a column existed get it as nulls (a run resumed across an upgrade)
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    return table.select([n for n in SCHEMA.names if n in table.column_names]
+                        + [n for n in table.column_names if n not in SCHEMA.names])
