@@ -134,13 +134,20 @@ def engine_bundle(cfg: RlptConfig) -> dict[str, float]:
 def actor_threads(cfg: RlptConfig, reserved_cpus: float = 1.0) -> int:
     """torch/OpenMP threads for a learner rank, engine or reference actor (`cluster.threads_per_actor`). Ray sets
     OMP_NUM_THREADS to an actor's num_cpus when unset, so a num_cpus=1 actor would compute on one core: on 2 cores
-    that made a 26M-param model's learner step 1.6x and its generation 1.3x slower. Call after ray.init."""
+    that made a 26M-param model's learner step 1.6x and its generation 1.3x slower. On one node the synchronous
+    loop gives each actor every core (its phases run one after another); the asynchronous loop splits them between
+    the engines and the learner ranks, which run at the same time. Call after ray.init."""
     if cfg.cluster.threads_per_actor != "auto":
         return int(cfg.cluster.threads_per_actor)
     import ray
 
     if sum(1 for n in ray.nodes() if n.get("Alive")) == 1:
-        return len(os.sched_getaffinity(0))  # one node: the driver's cores are the node's
+        cores = len(os.sched_getaffinity(0))  # one node: the driver's cores are the node's
+        if cfg.rollout.max_staleness:
+            # Asynchronous: engines and learner ranks compute at the same time; with every core each, their
+            # OpenMP threads fight over the cores (measured on 2 cores: generation 4x, training 3.5x slower).
+            return max(1, cores // (cfg.rollout.num_workers + cfg.learner.num_ranks))
+        return cores
     return max(1, int(reserved_cpus))
 
 

@@ -154,18 +154,23 @@ class RolloutWorker:
 
         return torch.get_num_threads()
 
-    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec
-                 ) -> tuple[list[Rollout], float]:
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
+                 prefix_lens: Sequence[int] | None = None) -> tuple[list[Rollout], float]:
         """The chunk's rollouts, and the seconds spent inside the engine's generate (the rest of the pool's wall
-        time is Ray, pickling and this adapter: `timing/rollout` - `timing/rollout_engine`)."""
+        time is Ray, pickling and this adapter: `timing/rollout` - `timing/rollout_engine`). A continuation
+        (partial rollouts) ends its prompt ids with the `prefix_lens[j]` response tokens sampled so far: the text is
+        decoded from those plus the new ones (decoding pieces apart would lose e.g. a SentencePiece leading
+        space); the ids and logprobs returned are the new ones only."""
         start = time.perf_counter()
         outs = self.engine.generate([p.prompt_ids for p in prompts], seeds, spec)
         engine_s = time.perf_counter() - start
+        prefixes = [tuple(p.prompt_ids[len(p.prompt_ids) - n:]) if n else () for p, n in
+                    zip(prompts, prefix_lens or [0] * len(prompts))]
         return [
             Rollout(prompt=p, sample_index=i, response_ids_T=tuple(ids), logprobs_T=tuple(lps),
-                    text=self.decode(ids), finish_reason=str(reason),
+                    text=self.decode(prefix + tuple(ids)), finish_reason=str(reason),
                     policy_version=self.policy_version, engine=self.name)
-            for p, samples in zip(prompts, outs) for i, (ids, lps, reason) in enumerate(samples)
+            for p, prefix, samples in zip(prompts, prefixes, outs) for i, (ids, lps, reason) in enumerate(samples)
         ], engine_s
 
     def probe(self, ids: Sequence[int]) -> list[float]:
@@ -239,28 +244,30 @@ class RolloutPool:
         self.dead = set()
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None
-                 ) -> list[Rollout]:
+                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None,
+                 prefix_lens: Sequence[int] | None = None) -> list[Rollout]:
         """The rollouts of these prompts, in order. `account=False` (evaluation) leaves the autoscaler's busy time
         and `timing/rollout_engine` to training's generation. `on_chunk(first prompt index, rollouts)` is called
         as each chunk comes back (the asynchronous loop scores it while the engines go on: streaming
-        verification); a chunk lost with its engine is reported once, by the engine that generates it again."""
+        verification); a chunk lost with its engine is reported once, by the engine that generates it again.
+        `prefix_lens`: continuations of partial rollouts (RolloutWorker.generate)."""
         if not account:
             saved = dict(self.engine_s)
             try:
-                return self._generate(prompts, seeds, spec, on_chunk)
+                return self._generate(prompts, seeds, spec, on_chunk, prefix_lens)
             finally:
                 self.engine_s = saved
         start = time.perf_counter()
         if self.window_start is None:
             self.window_start = start
         try:
-            return self._generate(prompts, seeds, spec, on_chunk)
+            return self._generate(prompts, seeds, spec, on_chunk, prefix_lens)
         finally:
             self.busy_s += time.perf_counter() - start
 
     def _generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                  on_chunk: Callable[[int, list[Rollout]], None] | None) -> list[Rollout]:
+                  on_chunk: Callable[[int, list[Rollout]], None] | None, prefix_lens: Sequence[int] | None
+                  ) -> list[Rollout]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -278,7 +285,8 @@ class RolloutPool:
             while todo and idle:
                 w = idle.pop()
                 start, ps, ss = todo.pop()
-                pending[self.workers[w].generate.remote(ps, ss, spec)] = (start, w, ps, ss)
+                prefix = None if prefix_lens is None else list(prefix_lens[start:start + len(ps)])
+                pending[self.workers[w].generate.remote(ps, ss, spec, prefix)] = (start, w, ps, ss)
             if not pending:
                 raise RolloutWorkerLost(f"rollout: every engine is dead ({', '.join(self.names)})")
             done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)

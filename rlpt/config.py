@@ -160,6 +160,10 @@ class RolloutConfig(_Section):
         "with max_staleness >= 1: wait = generation for step s starts only once the learner holds version s - K "
         "(no sample can pass the bound; deterministic, resumes exactly); drop = generation never waits for the "
         "learner, and groups past the bound when their step is trained are dropped and regenerated"))
+    partial_tokens: int = Field(0, ge=0, description=(
+        "with max_staleness >= 1: generate in segments of this many tokens, the engines taking new weights between "
+        "segments (each token stamped with the version that sampled it; the bound counts the oldest; continuation "
+        "from the exact token ids); 0 = whole completions. Stop strings are matched within a segment"))
 
 
 # -------------------------------------------------------------------------------------------------- verifier
@@ -348,8 +352,10 @@ class ClusterConfig(_Section):
     threads_per_actor: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="torch/OpenMP threads of each learner rank, rollout engine and reference actor. auto: "
                             "on a one-node cluster every core of the node (phases run one after another, so each "
-                            "actor has the cores during its own phase); on a multi-node cluster the CPUs the "
-                            "actor reserves (Ray would otherwise give a num_cpus=1 actor ONE thread)")
+                            "actor has the cores during its own phase), split between the engines and the learner "
+                            "ranks with rollout.max_staleness >= 1 (they run at the same time); on a multi-node "
+                            "cluster the CPUs the actor reserves (Ray would otherwise give a num_cpus=1 actor ONE "
+                            "thread)")
     rollout: FleetConfig = FleetConfig()
 
 
@@ -424,6 +430,13 @@ class RlptConfig(_Section):
         if not lo <= n <= hi:
             raise ValueError(f"cluster.rollout: need min <= rollout.num_workers <= max, got min={lo}, "
                              f"num_workers={n}, max={hi}")
+        return self
+
+    @model_validator(mode="after")
+    def _partial_rollouts(self) -> "RlptConfig":
+        if self.rollout.partial_tokens and not self.rollout.max_staleness:
+            raise ValueError("rollout.partial_tokens needs rollout.max_staleness >= 1 (weights change between "
+                             "segments only while the engines generate ahead of the learner)")
         return self
 
     @model_validator(mode="after")

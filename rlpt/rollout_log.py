@@ -1,4 +1,5 @@
-"""Per-step rollout records (`rollouts/step_XXXXXX.parquet`): prompts, completions, rewards, errors, versions.
+"""Per-step rollout records (`rollouts/step_XXXXXX.parquet`): prompts, completions, rewards, errors, versions
+(`policy_version` samples the first token, `newest_version` the last: they differ only with partial rollouts).
 
 For audit, for counting (every prompt scored exactly once), and as RFT/DPO data.
 """
@@ -25,6 +26,7 @@ SCHEMA = pa.schema([
     # whether the sample was in the trained batch (dynamic sampling and stale drops leave samples out); null in
     # the round loops' files.
     ("learner_version", pa.int64()), ("trained", pa.bool_()),
+    ("newest_version", pa.int64()),  # the version of the last token (partial rollouts; else policy_version)
 ])
 
 
@@ -47,7 +49,7 @@ def rollout_table(step: int, scored: Sequence[ScoredRollout], learner_version: i
             "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
             "engine": s.rollout.engine, "info": info_json(s.info), "learner_version": learner_version,
-            "trained": t,
+            "trained": t, "newest_version": s.rollout.newest_version,
         }
         for s, t in zip(scored, marks)
     ]

@@ -49,8 +49,13 @@ class Rollout:
     logprobs_T: tuple[float, ...]
     text: str
     finish_reason: str  # "stop" (EOS / stop string) or "length" (hit max_tokens)
-    policy_version: int
+    policy_version: int  # the version that sampled its first (oldest) token: the staleness bound counts it
     engine: str = ""  # the rollout engine that sampled it (audits; elastic fleets)
+    versions_T: tuple[int, ...] = ()  # per response token, with partial rollouts; () = all policy_version
+
+    @property
+    def newest_version(self) -> int:
+        return max(self.versions_T, default=self.policy_version)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
                     cur, done = producer.in_flight(step)
                     return cur, [in_flight.to_json(s) for s in done]
                 end_step(loop, StepEnd(step, version, batch is not None, metrics, seen, t0, samples.cursor,
-                                       learner_version=learner_version, trained_samples=kept if batch is not None else (),
-                                       in_flight=checkpoint_state))
+                                       learner_version=learner_version,
+                                       trained_samples=kept if batch is not None else (), in_flight=checkpoint_state))
     finally:
         producer.stop()

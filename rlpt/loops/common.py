@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 class RolloutService(Protocol):
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None
-                 ) -> list[Rollout]:
+                 account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None,
+                 prefix_lens: Sequence[int] | None = None) -> list[Rollout]:
         """`account=False` (evaluation): the engines' time is not counted as the step's rollout time.
-        `on_chunk(first prompt index, rollouts)`: called as each chunk is done (streaming verification)."""
+        `on_chunk(first prompt index, rollouts)`: called as each chunk is done (streaming verification).
+        `prefix_lens[j]`: prompt j ends with that many response tokens of a partial rollout being continued."""
         ...
 
 

@@ -34,7 +34,8 @@ def sample_to_json(s: ScoredRollout) -> dict[str, Any]:
     r = s.rollout
     return {"uid": r.prompt.uid, "i": r.sample_index, "ids": list(r.response_ids_T), "lp": list(r.logprobs_T),
             "text": r.text, "finish": r.finish_reason, "v": r.policy_version, "engine": r.engine,
-            "reward": s.reward, "correct": s.correct, "info": dict(s.info), "error": s.error}
+            "reward": s.reward, "correct": s.correct, "info": dict(s.info), "error": s.error,
+            "versions": list(r.versions_T)}
 
 
 def sample_from_json(d: Mapping[str, Any], prompts: Mapping[str, Prompt]) -> ScoredRollout:
@@ -42,7 +43,8 @@ def sample_from_json(d: Mapping[str, Any], prompts: Mapping[str, Prompt]) -> Sco
         raise ValueError(f"a checkpointed in-flight sample is of prompt {d['uid']!r}, which the run's data no longer "
                          f"has (did the dataset change?)")
     r = Rollout(prompts[d["uid"]], int(d["i"]), tuple(int(t) for t in d["ids"]), tuple(float(x) for x in d["lp"]),
-                str(d["text"]), str(d["finish"]), int(d["v"]), str(d["engine"]))
+                str(d["text"]), str(d["finish"]), int(d["v"]), str(d["engine"]),
+                tuple(int(v) for v in d.get("versions", ())))
     return ScoredRollout(r, float(d["reward"]), d["correct"], dict(d["info"]), d["error"])
 
 

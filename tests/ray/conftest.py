@@ -26,3 +26,18 @@ def ray_cluster():
 def tiny_root(tmp_path_factory):
     """A run root whose .cache holds the built-in tiny model (built once per session)."""
     return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def default_runs(ray_cluster, tiny_root):
+    """The built-in default run (no CONFIG), for two seeds; only run.root/name/seed are set (test_train checks
+    them; test_async compares its asynchronous runs with seed 0's)."""
+    from actors.launch import train
+    from rlpt.config import load_config
+
+    out = {}
+    for seed in (0, 1):
+        cfg = load_config(None, [f"run.root={tiny_root}", f"run.name=default-s{seed}", f"run.seed={seed}"])
+        seconds = train(cfg, tiny_root / f"default-s{seed}")
+        out[seed] = (cfg, tiny_root / f"default-s{seed}", seconds)
+    return out

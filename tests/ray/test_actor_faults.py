@@ -10,35 +10,43 @@ import pytest
 
 from actors.launch import build_graph, prepare, shutdown
 from rlpt.config import load_config
-from rlpt.loops import online
+from rlpt.loops import async_online, online
 from rlpt.metrics import read_metrics
 from rlpt.rollout_log import read_rollouts
 
 pytestmark = pytest.mark.ray
 
 
-def test_killed_engine_and_verifier_are_replaced_and_nothing_is_lost(ray_cluster, tiny_root):
-    run_dir = tiny_root / "faults-kill"
+LOOPS = {"sync": (online.run, 0), "async": (async_online.run, 1)}  # (loop, rollout.max_staleness)
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_killed_engine_and_verifier_are_replaced_and_nothing_is_lost(ray_cluster, tiny_root, loop):
+    """In the asynchronous loop the kill lands in the producer thread's generation of step 2 (and the verifier's
+    streaming scoring of it) while the learner trains step 1."""
+    run_dir = tiny_root / f"faults-kill-{loop}"
     P, G = 8, 4
-    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=faults-kill", "run.steps=6", "rollout.num_workers=2", "sync.probe_every=1",
-                             "verifier.num_workers=2", f"rollout.prompts_per_step={P}",
-                             f"rollout.samples_per_prompt={G}"])
+    run_loop, K = LOOPS[loop]
+    cfg = load_config(None, [f"run.root={tiny_root}", f"run.name=faults-kill-{loop}", "run.steps=6",
+                             "rollout.num_workers=2", "sync.probe_every=1", "verifier.num_workers=2",
+                             f"rollout.prompts_per_step={P}", f"rollout.samples_per_prompt={G}",
+                             f"rollout.max_staleness={K}"])
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep)
     pool, real_generate = graph.pool, graph.pool.generate
     victims = {"engine": graph.pool.workers[0], "verifier": graph.verifier_pool.workers[1]}
     calls = {"n": 0}
 
-    def generate_with_kill(prompts, seeds, spec):
+    def generate_with_kill(prompts, seeds, spec, **kw):
         calls["n"] += 1
         if calls["n"] == 3:  # step 2: kill during generation, from another thread
             threading.Thread(target=lambda: (time.sleep(0.02), ray_cluster.kill(victims["engine"]),
                                              ray_cluster.kill(victims["verifier"]))).start()
-        return real_generate(prompts, seeds, spec)
+        return real_generate(prompts, seeds, spec, **kw)
 
     pool.generate = generate_with_kill
     try:
-        online.run(cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id)
+        run_loop(cfg, graph.workers, prep.prompts, run_dir, prep.tokenizer.pad_token_id)
         assert graph.pool.workers[0] is not victims["engine"]  # replaced
         assert graph.verifier_pool.workers[1] is not victims["verifier"]
         assert ray_cluster.get(graph.pool.workers[0].get_version.remote()) == 6  # the replacement is current

@@ -17,17 +17,6 @@ REQUIRED = ["step", "policy_version", "reward/mean", "reward/correct_frac", "tok
             "timing/verify", "timing/train", "timing/sync", "timing/step", "logprob_gap/mean"]
 
 
-@pytest.fixture(scope="module")
-def default_runs(ray_cluster, tiny_root):
-    """The built-in default run (no CONFIG), for two seeds; only run.root/name/seed are set."""
-    out = {}
-    for seed in (0, 1):
-        cfg = load_config(None, [f"run.root={tiny_root}", f"run.name=default-s{seed}", f"run.seed={seed}"])
-        seconds = train(cfg, tiny_root / f"default-s{seed}")
-        out[seed] = (cfg, tiny_root / f"default-s{seed}", seconds)
-    return out
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_default_run_learns(default_runs, seed):
     cfg, run_dir, seconds = default_runs[seed]

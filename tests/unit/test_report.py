@@ -73,7 +73,7 @@ def test_rollouts_written_before_the_info_column_are_still_read(tmp_path):
 
     make_run(tmp_path / "run", steps_logged=2)
     old = pq.read_table(tmp_path / "run" / "rollouts" / "step_000000.parquet").drop_columns(
-        ["info", "learner_version", "trained"])
+        ["info", "learner_version", "trained", "newest_version"])
     pq.write_table(old, tmp_path / "run" / "rollouts" / "step_000000.parquet")  # as an older rlpt wrote it
     table = read_rollouts(tmp_path / "run")
     assert table.schema.names == SCHEMA.names and table.num_rows == 2 * 12
