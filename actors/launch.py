@@ -205,10 +205,15 @@ def run_on_graph(cfg: RlptConfig, graph: Graph, prep: PreparedRun, run_dir: Path
             truncate_metrics(run_dir / "metrics.jsonl", state.next_step)
         kind = algorithm_of(cfg).loop(cfg)
         extra = {"eval_prompts": prep.eval_prompts} if kind is LoopKind.ONLINE else {}  # rlpt.prepare checks
-        loops = ASYNC_LOOPS if cfg.rollout.max_staleness else LOOPS
-        loops[kind](cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step, state, **extra)
+        loop_of(cfg)(cfg, graph.workers, prep.prompts, run_dir, prep.facts.pad_id, on_step, state, **extra)
     except LearnerRankLost as e:
         raise LearnerRankLost(f"{e}. {resume_hint(run_dir)}") from None
+
+
+def loop_of(cfg: RlptConfig) -> Callable[..., None]:
+    """The loop this config runs: its algorithm's loop kind; K = rollout.max_staleness = 0 is the synchronous
+    loop itself (not an asynchronous one with a bound of 0)."""
+    return (ASYNC_LOOPS if cfg.rollout.max_staleness else LOOPS)[algorithm_of(cfg).loop(cfg)]
 
 
 def resume_hint(run_dir: Path) -> str:

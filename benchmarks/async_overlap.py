@@ -108,13 +108,17 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--root", default="runs/bench-async")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (verifier, mode) run, sync first for each verifier (the ratios are to it)."""
     for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                  "RAY_USAGE_STATS_ENABLED": "0"}.items():
         os.environ.setdefault(k, v)
@@ -133,15 +137,22 @@ def main() -> None:
             r.update(verifier=vname, mode=mode, vs_sync=round(r["step"] / sync_step, 3))
             print(json.dumps(r), flush=True)
             results.append(r)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    results = run(args)
     text = table(results)
     print(text)
     if not args.smoke:
-        cmd = f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/async_overlap.py --steps {args.steps}"
         from benchmarks.data_rows import write_section
 
+        cmd = f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/async_overlap.py --steps {args.steps}"
         when = time.strftime("%Y-%m-%d")
         write_section(args.out, HEADING, f"{HEADING}\n\n`{cmd}` ({when}; learner rank on core 0, engine on core 1, "
-                                         f"one torch thread each; medians over steps 3..{steps - 1})\n\n{text}\n")
+                                         f"one torch thread each; medians over steps 3..{args.steps - 1})\n\n"
+                                         f"{text}\n")
 
 
 if __name__ == "__main__":

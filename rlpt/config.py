@@ -271,6 +271,12 @@ class OffPolicyConfig(_Section):
         "samples by their geometric mean (seq_mask) outside [1/cap, cap] masked; none = plain PPO against "
         "learner.old_logprobs (rlpt.algorithms.off_policy)"))
     cap: float = Field(2.0, gt=1, description="C, the importance-weight cap of the correction")
+    trust_region: bool = Field(True, description=(
+        "also give no gradient to a token the learner has already moved past [1 - clip_low, 1 + clip_high] of "
+        "the behaviour policy in its advantage's direction (PPO's clip against the engine's policy; decoupled "
+        "PPO's own clip is against the proximal policy and does not act with one optimizer step per step)"))
+    clip_low: float = Field(0.2, ge=0, lt=1, description="the trust region below 1 (as algorithm.grpo.eps_low)")
+    clip_high: float = Field(0.28, ge=0, description="the trust region above 1 (as algorithm.grpo.eps_high)")
 
 
 class LearnerConfig(_Section):

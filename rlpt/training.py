@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from rlpt.algorithms.base import Algorithm, LossStats, Share, StepPlan
-from rlpt.algorithms.off_policy import CORRECTIONS, Corrected, behaviour_kl, log_is_weights
+from rlpt.algorithms.off_policy import (CORRECTIONS, Corrected, behaviour_kl, behaviour_trust_region, log_is_weights,
+                                        within_trust_region)
 from rlpt.batching import select_rows
 from rlpt.config import RlptConfig
 
@@ -96,14 +97,21 @@ def recompute_old_logprobs(trainee: Trainee, plan: StepPlan, micro: int) -> list
             for mb in plan.mini_batches]
 
 
-def correction_of(algo: Algorithm, cfg: RlptConfig) -> Callable[[Tensor, Tensor], Corrected] | None:
-    """The off-policy correction of this run (rlpt.algorithms.off_policy), or None: it is on when samples may be
-    stale (rollout.max_staleness >= 1), the loss takes a ratio, and learner.off_policy.correction is not none."""
-    name, cap = cfg.learner.off_policy.correction, cfg.learner.off_policy.cap
-    if cfg.rollout.max_staleness == 0 or not algo.uses_old_logprobs or name == "none":
+def correction_of(algo: Algorithm, cfg: RlptConfig) -> Callable[[Tensor, Tensor, Tensor], Corrected] | None:
+    """The off-policy correction of this run, (log w, advantages, mask) -> per-token weights
+    (rlpt.algorithms.off_policy), or None: it is on when samples may be stale (rollout.max_staleness >= 1), the
+    loss takes a ratio, and learner.off_policy.correction is not none."""
+    o = cfg.learner.off_policy
+    if cfg.rollout.max_staleness == 0 or not algo.uses_old_logprobs or o.correction == "none":
         return None
-    fn = CORRECTIONS[name]
-    return lambda log_w, mask: fn(log_w, mask, cap)
+    fn = CORRECTIONS[o.correction]
+
+    def correct(log_w: Tensor, adv: Tensor, mask: Tensor) -> Corrected:
+        c = fn(log_w, mask, o.cap)
+        if not o.trust_region:
+            return c
+        return within_trust_region(c, behaviour_trust_region(log_w, adv, mask, o.clip_low, o.clip_high))
+    return correct
 
 
 def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPlan, micro: int) -> RankReport:
@@ -127,7 +135,7 @@ def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPla
             old = rows.rollout_logprobs_B_T if olds is None else olds[m][i]
             if correct is not None:
                 log_w = log_is_weights(old, rows.rollout_logprobs_B_T, rows.loss_mask_B_T)
-                c = correct(log_w, rows.loss_mask_B_T)
+                c = correct(log_w, rows.advantages_B_T, rows.loss_mask_B_T)
                 assert rows.loss_weights_B_T is not None, "token rows carry loss weights"
                 share = Share(replace(rows, loss_weights_B_T=rows.loss_weights_B_T * c.weight_B_T), share.norm)
                 if j == 0:  # the first pass sees every token once

@@ -27,6 +27,14 @@ Notation (one response token t of row i; logprobs of the sampled token)
 With the sampling policy equal to the learner's (K = 0, no engine drift) w_t = 1, c_t = 1 and the loss is GRPO's
 clipped surrogate exactly.
 
+  trust region  keep_t = not (A > 0 and w_t > 1 + eps_high or A < 0 and w_t < 1 - eps_low);  c_t <- c_t * keep_t
+                PPO's clip against the behaviour policy, applied to the correction weight: a token the learner
+                has already moved past the clip range since it was sampled, in its advantage's direction, gets no
+                gradient. Decoupled PPO's own clip is against the proximal policy, which is the current one on the
+                first pass: with one optimizer step per training step it never acts, and on the default task
+                (lr 2e-3) K = 2 then took 2x the synchronous run's steps (seed 0) or never reached its reward
+                (seed 1); with the trust region K = 2 learns like the synchronous run (README, Asynchronous training).
+
 Our choices: log-ratios are clamped to +-LOG_RATIO_CLAMP before exp, as in grpo.py; masked positions (prompt,
 padding) are zeroed before any arithmetic and never counted as corrected; rejection bounds are symmetric in log
 space (a ratio of C and of 1/C are equally far off-policy).
@@ -100,6 +108,26 @@ def sequence_masked(log_w_B_T: Tensor, mask_B_T: Tensor, cap: float) -> Correcte
     rejected = rejected_B[:, None] & mask
     keep = mask & ~rejected
     return Corrected(torch.where(keep, torch.exp(log_w_B_T), torch.zeros_like(log_w_B_T)), rejected)
+
+
+def behaviour_trust_region(log_w_B_T: Tensor, adv_B_T: Tensor, mask_B_T: Tensor, eps_low: float, eps_high: float
+                           ) -> Tensor:
+    """Which response tokens stay inside PPO's clip range around the behaviour policy, in the direction of their
+    advantage (module docstring: trust region); masked positions are False.
+
+    >>> lw = torch.tensor([[math.log(1.5), math.log(1.5), math.log(0.5), math.log(0.5), 0.0]])
+    >>> behaviour_trust_region(lw, torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0]]), torch.ones(1, 5), 0.2, 0.28).tolist()
+    [[False, True, True, False, True]]
+    """
+    w = torch.exp(log_w_B_T)
+    moved = ((adv_B_T > 0) & (w > 1.0 + eps_high)) | ((adv_B_T < 0) & (w < 1.0 - eps_low))
+    return mask_B_T.bool() & ~moved
+
+
+def within_trust_region(c: Corrected, keep_B_T: Tensor) -> Corrected:
+    """The correction with the tokens outside the trust region zeroed and counted as changed."""
+    return Corrected(torch.where(keep_B_T, c.weight_B_T, torch.zeros_like(c.weight_B_T)),
+                     c.changed_B_T | (~keep_B_T & (c.weight_B_T != 0)))
 
 
 # The corrections by name, for the config to select (an explicit dict).

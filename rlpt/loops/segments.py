@@ -40,8 +40,11 @@ def merged(head: Rollout, tail: Rollout) -> Rollout:
 
 
 def segment_seed(request_seed_: int, sample_index: int, segment: int) -> int:
-    """>>> segment_seed(100, 0, 1) != segment_seed(100, 1, 1) != segment_seed(100, 0, 2)
-    True
+    """The seed of one sample's continuation in one segment (request seeds are spaced by n, so request seed +
+    sample index is unique to the sample).
+
+    >>> len({segment_seed(100, 0, 1), segment_seed(100, 1, 1), segment_seed(100, 0, 2), segment_seed(102, 0, 1)})
+    4
     """
     return request_seed(request_seed_ + sample_index, segment, 0, 1)
 

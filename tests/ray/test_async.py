@@ -21,6 +21,15 @@ OFF_POLICY = ["off_policy/is_weight_mean", "off_policy/is_weight_max", "off_poli
               "off_policy/behaviour_kl", "staleness/mean", "staleness/max", "async/dropped_groups"]
 
 
+def test_k0_runs_the_synchronous_loop_itself_and_k1_the_asynchronous_one():
+    from actors.launch import loop_of
+    from rlpt.loops import async_online, online
+
+    assert loop_of(load_config(None, [])) is online.run
+    assert loop_of(load_config(None, ["rollout.max_staleness=0"])) is online.run
+    assert loop_of(load_config(None, ["rollout.max_staleness=1"])) is async_online.run
+
+
 def steps_to(rewards, target, window=10):
     """The first step count after which the trailing `window`-step mean reward reaches `target` (None: never)."""
     return next((i for i in range(window, len(rewards) + 1) if sum(rewards[i - window:i]) / window >= target), None)
@@ -91,3 +100,30 @@ def test_async_resume_after_preemption_is_exact(ray_cluster, tiny_root):
     assert any("eval/pass@2" in r for r in a)
     ck = "checkpoints/step_000006"
     assert weights_hash(split / ck) == weights_hash(tiny_root / "async-resume-full" / ck)
+
+
+def test_segments_continue_exactly_on_a_real_engine(ray_cluster, tiny_root):
+    """Greedy completions generated one token per segment (each continuation = prompt ids + the response ids so
+    far, sent back to vLLM) are the whole-request completions: same ids, same text, same logprobs."""
+    from actors.launch import build_graph, shutdown
+    from rlpt.loops.segments import generate_in_segments
+    from rlpt.prepare import prepare
+    from rlpt.types import SamplingSpec
+
+    cfg = load_config(None, [f"run.root={tiny_root}", "run.name=segments", "rollout.max_new_tokens=6",
+                             "rollout.max_staleness=1", "rollout.partial_tokens=1"])
+    prep = prepare(cfg, tiny_root / "segments")
+    graph = build_graph(cfg, prep)
+    try:
+        prompts, seeds = list(prep.prompts[:8]), list(range(100, 108))
+        spec = SamplingSpec(n=1, max_tokens=6, temperature=0.0)
+        whole = graph.pool.generate(prompts, seeds, spec)
+        parts = generate_in_segments(lambda ps, ss, sp, pre: graph.pool.generate(ps, ss, sp, prefix_lens=pre),
+                                     prompts, seeds, spec, tokens=1)
+    finally:
+        shutdown(graph)
+    assert any(len(r.response_ids_T) > 1 for r in whole)  # there were segments to join
+    for a, b in zip(whole, parts):
+        assert (b.response_ids_T, b.text, b.finish_reason) == (a.response_ids_T, a.text, a.finish_reason)
+        assert b.logprobs_T == pytest.approx(a.logprobs_T, abs=1e-4)
+        assert b.versions_T == (0,) * len(b.response_ids_T)

@@ -70,7 +70,7 @@ def test_on_policy_samples_train_exactly_like_the_synchronous_loop():
 @pytest.mark.parametrize("correction", ["tis", "token_mask"])
 def test_each_tokens_loss_is_weighted_by_its_correction(correction):
     cfg, algo, batch, layout = setup("rollout.max_staleness=2", f"learner.off_policy.correction={correction}",
-                                     "learner.off_policy.cap=2.0")
+                                     "learner.off_policy.cap=2.0", "learner.off_policy.trust_region=false")
     t = Trainee(cfg, layout.micro_per_rank, algo.lr_horizon(cfg))
     # behaviour logprob lower by log 4 on the first response token of every row (w = 4), equal elsewhere (w = 1)
     mask = batch.loss_mask_B_T.bool()
@@ -94,3 +94,25 @@ def test_each_tokens_loss_is_weighted_by_its_correction(correction):
     assert m["off_policy/corrected_frac"] == pytest.approx(n_rows / n_tok)
     kl = 4.0 - 1.0 - math.log(4.0)  # k3 at w = 4; 0 at w = 1
     assert m["off_policy/behaviour_kl"] == pytest.approx(kl * n_rows / n_tok, rel=1e-5)
+
+
+def test_the_trust_region_gives_no_gradient_to_tokens_already_moved_past_the_clip():
+    cfg, algo, batch, layout = setup("rollout.max_staleness=1", "learner.off_policy.cap=2.0")
+    t = Trainee(cfg, layout.micro_per_rank, algo.lr_horizon(cfg))
+    mask = batch.loss_mask_B_T.bool()
+    first = mask & (mask.cumsum(dim=1) == 1)
+    # w = 1.5 on every row's first token: past 1 + 0.28 for A > 0 (no gradient), inside for A < 0 (weight 1.5)
+    batch = with_behaviour(batch, t, torch.where(first, torch.tensor(-math.log(1.5)), torch.tensor(0.0)))
+    plan = algo.plan(batch, layout, cfg, 0, 0)
+    share = plan.for_rank(0).mini_batches[0][0]
+    adv = share.rows.advantages_B_T
+    w = torch.where(first, torch.where(adv > 0, torch.tensor(0.0), torch.tensor(1.5)), torch.tensor(1.0))
+    with torch.no_grad():
+        logp = t.logprobs(share.rows.input_ids_B_T, share.rows.attention_mask_B_T)
+    expected, _ = algo.loss(logp, logp, Share(replace(share.rows, loss_weights_B_T=share.rows.loss_weights_B_T * w)),
+                            cfg)
+    report = train_rank(algo, cfg, t, plan.for_rank(0), layout.micro)
+    assert t.losses[0] == pytest.approx(float(expected), rel=1e-6)
+    moved = int((first & (adv > 0)).sum())
+    assert moved > 0 and step_metrics([report], plan)["off_policy/corrected_frac"] == pytest.approx(
+        moved / int(mask.sum()))
