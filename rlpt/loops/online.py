@@ -47,6 +47,12 @@ def timed_sampler(cfg: RlptConfig, w: Workers[Any], timer: PhaseTimer) -> Sample
     return sample
 
 
+def attempt_seeds(cfg: RlptConfig, step: int, attempt: int, n: int) -> list[int]:
+    """The request seeds of the n prompts of one sampling attempt of a step."""
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    return [request_seed(cfg.run.seed, step, attempt * P + j, G) for j in range(n)]
+
+
 def collect_groups(cfg: RlptConfig, hooks: OnlineHooks, sample: Sampler, prompts: Sequence[Prompt],
                    take: Callable[[int], list[int]], step: int, want: int | None = None, first_attempt: int = 0
                    ) -> tuple[list[ScoredRollout], list[ScoredRollout], int]:
@@ -60,7 +66,7 @@ def collect_groups(cfg: RlptConfig, hooks: OnlineHooks, sample: Sampler, prompts
     for attempt in range(first_attempt, first_attempt + 1 + hooks.resample_tries):
         need = want - len(kept) // G
         batch = [prompts[i] for i in take(need)]
-        seeds = [request_seed(cfg.run.seed, step, attempt * P + j, G) for j in range(len(batch))]
+        seeds = attempt_seeds(cfg, step, attempt, len(batch))
         scored = sample(batch, seeds)
         seen += scored
         keep = hooks.keep_groups(scored)

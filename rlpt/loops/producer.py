@@ -19,6 +19,9 @@ they depend on the samples only), so the learner's path is train + sync.
 
 Streaming verification: each chunk is scored (on one verifier thread, so the verifier pool sees one call at a
 time) as soon as the engines return it, while the engines go on; a step is ready when its last chunk is scored.
+With one sampling attempt per step (no dynamic sampling) the producer does not wait for that: it hands over a
+future of the step and generates the next one, so the engines, the verifiers and the learner all work at once
+(the wait-mode barrier waits for the generation only: the scoring changes no weights).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -35,7 +39,7 @@ from rlpt.data import PromptCursor
 from rlpt.errors import RunFault
 from rlpt.loops.common import Workers
 from rlpt.loops.in_flight import StepSamples
-from rlpt.loops.online import Sampler, collect_groups, sampling_spec, with_reference
+from rlpt.loops.online import Sampler, attempt_seeds, collect_groups, sampling_spec, with_reference
 from rlpt.metrics import PhaseTimer
 from rlpt.loops.segments import generate_in_segments
 from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout
@@ -89,13 +93,14 @@ class Producer:
         self.engines = TurnLock()  # one engine call at a time from this driver: a round, a sync, an eval
         self.cursor_lock = threading.Lock()
         self.cond = threading.Condition()
-        self.ready: dict[int, StepSamples] = {s.step: s for s in in_flight}
+        self.ready: dict[int, StepSamples | Future[StepSamples]] = {s.step: s for s in in_flight}
         self.trained_through = start_step - 1  # the last step whose sync (if any) is done
         self.next_step = max(self.ready, default=start_step - 1) + 1
         self.error: BaseException | None = None
         self.stopping = False
         self.timeout_s = cfg.run.actor_timeout_s * (2 + self.hooks.resample_tries)
         self.scoring = ThreadPoolExecutor(1, thread_name_prefix="rlpt-verify")
+        self.finishing = ThreadPoolExecutor(1, thread_name_prefix="rlpt-finish")  # waits on `scoring`: its own
         self.thread = threading.Thread(target=self._run, name="rlpt-producer", daemon=True)
 
     # ------------------------------------------------------------------------------------------ producer side
@@ -130,7 +135,12 @@ class Producer:
                 self.cond.wait(POLL_S)
             return not self.stopping
 
-    def _collect(self, step: int, admit_s: float) -> StepSamples:
+    def _collect(self, step: int, admit_s: float) -> "StepSamples | Future[StepSamples]":
+        """The step's samples; with one sampling attempt (no dynamic sampling, whole completions) a future of
+        them: the generation is done here, its scoring finishes on the verifier threads while the engines go on
+        to the next step (so a slow verifier costs max(generation, verification), not their sum)."""
+        if self.hooks.resample_tries == 0 and not self.cfg.rollout.partial_tokens:
+            return self._generate_then_finish(step, admit_s)
         timer = PhaseTimer()
         with self.cursor_lock:  # the drop mode's refills take prompts from the learner thread
             kept, seen, _ = collect_groups(self.cfg, self.hooks, self.sampler(timer), self.prompts, self.cursor.take,
@@ -139,6 +149,30 @@ class Producer:
         batch = self.hooks.build_batch(kept, self.pad_id)  # and the reference's logprobs: off the learner's path
         batch = None if batch is None else with_reference(self.workers, batch, timer)
         return StepSamples(step, kept, seen, cursor, {**timer.totals(), "producer_wait": admit_s}, batch, True)
+
+    def _generate_then_finish(self, step: int, admit_s: float) -> "Future[StepSamples]":
+        timer = PhaseTimer()
+        P = self.cfg.rollout.prompts_per_step
+        with self.cursor_lock:
+            taken = self.cursor.take(P)
+            cursor = self.cursor.state_dict()
+        batch = [self.prompts[i] for i in taken]
+        scored: dict[int, Future[list[ScoredRollout]]] = {}
+        with self.engines, timer.phase("rollout"):
+            self.workers.rollout.generate(batch, attempt_seeds(self.cfg, step, 0, P), sampling_spec(self.cfg),
+                                          on_chunk=lambda start, rs: scored.__setitem__(
+                                              start, self.scoring.submit(self.verifier.score, rs)))
+
+        def finish() -> StepSamples:
+            def gathered(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
+                with timer.phase("verify"):  # after the generation: what the scoring did not overlap
+                    return [s for start in sorted(scored) for s in scored[start].result()]
+            # the one attempt of collect_groups, on the samples generated above (same prompts, same seeds)
+            kept, seen, _ = collect_groups(self.cfg, self.hooks, gathered, self.prompts, lambda n: taken, step)
+            batch = self.hooks.build_batch(kept, self.pad_id)
+            batch = None if batch is None else with_reference(self.workers, batch, timer)
+            return StepSamples(step, kept, seen, cursor, {**timer.totals(), "producer_wait": admit_s}, batch, True)
+        return self.finishing.submit(finish)
 
     def sampler(self, timer: PhaseTimer) -> Sampler:
         """Generate one round under the engines lock, scoring each chunk as it comes back; with partial rollouts,
@@ -175,7 +209,17 @@ class Producer:
         """The samples of `step`, once the producer has them."""
         self._wait_for(lambda: step in self.ready, f"the samples of step {step}")
         with self.cond:
-            return self.ready.pop(step)
+            item = self.ready.pop(step)
+        return self._resolved(item, step)
+
+    def _resolved(self, item: "StepSamples | Future[StepSamples]", step: int) -> StepSamples:
+        if isinstance(item, StepSamples):
+            return item
+        try:
+            return item.result(timeout=self.timeout_s)
+        except FuturesTimeout:
+            raise ProducerStalled(f"the samples of step {step} were not scored within {self.timeout_s:.0f}s (the "
+                                  f"verifiers time out on their own calls; see their logs)") from None
 
     def refill(self, step: int, want: int, first_attempt: int, timer: PhaseTimer
                ) -> tuple[list[ScoredRollout], list[ScoredRollout]]:
@@ -204,7 +248,8 @@ class Producer:
         step + K (the uninterrupted run's next samples, all generated by now); in drop mode what is finished."""
         self.before_sync(step)
         with self.cond:
-            done = [self.ready[s] for s in sorted(self.ready)]
+            items = [(s, self.ready[s]) for s in sorted(self.ready)]
+        done = [self._resolved(item, s) for s, item in items]
         if done:
             return done[-1].cursor, done
         with self.cursor_lock:
@@ -228,4 +273,5 @@ class Producer:
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=self.cfg.run.actor_timeout_s)
+        self.finishing.shutdown(wait=False, cancel_futures=True)
         self.scoring.shutdown(wait=False, cancel_futures=True)
