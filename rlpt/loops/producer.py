@@ -273,5 +273,8 @@ class Producer:
             self.stopping = True
             self.cond.notify_all()
         self.thread.join(timeout=self.cfg.run.actor_timeout_s)
-        self.finishing.shutdown(wait=False, cancel_futures=True)
+        # Queued scoring is cancelled; the call under way ends before the caller tears the actors down (else the
+        # verifier pool would see its actor die and start a replacement that outlives the run).
         self.scoring.shutdown(wait=False, cancel_futures=True)
+        self.finishing.shutdown(wait=True, cancel_futures=True)
+        self.scoring.shutdown(wait=True)
