@@ -251,19 +251,16 @@ class RolloutPool:
         as each chunk comes back (the asynchronous loop scores it while the engines go on: streaming
         verification); a chunk lost with its engine is reported once, by the engine that generates it again.
         `prefix_lens`: continuations of partial rollouts (RolloutWorker.generate)."""
-        if not account:
-            saved = dict(self.engine_s)
-            try:
-                return self._generate(prompts, seeds, spec, on_chunk, prefix_lens)
-            finally:
-                self.engine_s = saved
-        start = time.perf_counter()
-        if self.window_start is None:
+        start, saved = time.perf_counter(), dict(self.engine_s)
+        if account and self.window_start is None:
             self.window_start = start
         try:
             return self._generate(prompts, seeds, spec, on_chunk, prefix_lens)
         finally:
-            self.busy_s += time.perf_counter() - start
+            if account:
+                self.busy_s += time.perf_counter() - start
+            else:
+                self.engine_s = saved
 
     def _generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
                   on_chunk: Callable[[int, list[Rollout]], None] | None, prefix_lens: Sequence[int] | None

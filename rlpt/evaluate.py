@@ -84,6 +84,8 @@ def generate_hf(model: Any, tok: Any, prompts: Sequence[Prompt], spec: SamplingS
 def eval_prompts(cfg: RlptConfig, tok: Any, budget: int, num_prompts: int) -> list[Prompt]:
     """The evaluation set when the config has one (eval.holdout / eval.path: the same prompts training evaluates
     on), else the first `num_prompts` of the data in the run's order."""
+    if cfg.eval.path is not None:  # its own file: the training data is not needed (nor read)
+        return list(evaluation_set(cfg, [], tok, budget)[1])[:num_prompts]
     prompts = tokenize_prompts(load_prompts(cfg.data, cfg.run.seed), tok, cfg.data, budget).prompts
     if not prompts:
         raise PreflightError(f"every prompt is longer than the prompt budget of {budget} tokens "

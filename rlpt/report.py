@@ -102,7 +102,7 @@ def summary(rows: Sequence[dict[str, Any]], total: int | None) -> list[tuple[str
         ("median step seconds", "timing/step", med("timing/step")),
     ]
     per_step = [p for p in PHASES if p not in ("eval", "checkpoint")]  # not per-step costs: counted apart
-    out += [(f"median {p} seconds", f"timing/{p}", med(f"timing/{p}")) for p in per_step if med(f"timing/{p}")]
+    out += [(f"median {p} seconds", f"timing/{p}", m) for p in per_step if (m := med(f"timing/{p}"))]
     out.append(("median tokens/s", "tokens/per_s", med("tokens/per_s")))
     evals = [r for r in rows if isinstance(r.get("timing/eval"), (int, float))]
     if evals:

@@ -128,7 +128,7 @@ class Producer:
         def may() -> bool:
             if self.wait_mode:
                 return self.trained_through >= step - self.K - 1
-            return sum(1 for s in self.ready if s > self.trained_through) < self.K + 1
+            return len(self.ready) < self.K + 1  # finished (or being scored), not yet taken by the learner
 
         with self.cond:
             while not (self.stopping or may()):
@@ -139,70 +139,68 @@ class Producer:
         """The step's samples; with one sampling attempt (no dynamic sampling, whole completions) a future of
         them: the generation is done here, its scoring finishes on the verifier threads while the engines go on
         to the next step (so a slow verifier costs max(generation, verification), not their sum)."""
-        if self.hooks.resample_tries == 0 and not self.cfg.rollout.partial_tokens:
-            return self._generate_then_finish(step, admit_s)
         timer = PhaseTimer()
+        if self.hooks.resample_tries == 0 and not self.cfg.rollout.partial_tokens:
+            P = self.cfg.rollout.prompts_per_step
+            with self.cursor_lock:
+                taken = self.cursor.take(P)
+                cursor = self.cursor.state_dict()
+            gather = self._stream([self.prompts[i] for i in taken], attempt_seeds(self.cfg, step, 0, P), timer)
+
+            def finish() -> StepSamples:
+                # the one attempt of collect_groups, on the samples generated above (same prompts, same seeds)
+                kept, seen, _ = collect_groups(self.cfg, self.hooks, lambda batch, seeds: gather(), self.prompts,
+                                               lambda n: taken, step)
+                return self._samples(step, kept, seen, cursor, timer, admit_s)
+            return self.finishing.submit(finish)
         with self.cursor_lock:  # the drop mode's refills take prompts from the learner thread
             kept, seen, _ = collect_groups(self.cfg, self.hooks, self.sampler(timer), self.prompts, self.cursor.take,
                                            step)
             cursor = self.cursor.state_dict()
-        batch = self.hooks.build_batch(kept, self.pad_id)  # and the reference's logprobs: off the learner's path
+        return self._samples(step, kept, seen, cursor, timer, admit_s)
+
+    def _samples(self, step: int, kept: list[ScoredRollout], seen: list[ScoredRollout], cursor: dict[str, Any],
+                 timer: PhaseTimer, admit_s: float) -> StepSamples:
+        """The step's samples with their batch and the reference's logprobs (off the learner's path)."""
+        batch = self.hooks.build_batch(kept, self.pad_id)
         batch = None if batch is None else with_reference(self.workers, batch, timer)
         return StepSamples(step, kept, seen, cursor, {**timer.totals(), "producer_wait": admit_s}, batch, True)
 
-    def _generate_then_finish(self, step: int, admit_s: float) -> "Future[StepSamples]":
-        timer = PhaseTimer()
-        P = self.cfg.rollout.prompts_per_step
-        with self.cursor_lock:
-            taken = self.cursor.take(P)
-            cursor = self.cursor.state_dict()
-        batch = [self.prompts[i] for i in taken]
+    def _stream(self, batch: Sequence[Prompt], seeds: Sequence[int], timer: PhaseTimer
+                ) -> Callable[[], list[ScoredRollout]]:
+        """Generate one round under the engines lock, each chunk handed to the verifier thread as it comes back;
+        returns what waits for the scores (timed as `verify`: the scoring that did not overlap the generation)."""
         scored: dict[int, Future[list[ScoredRollout]]] = {}
-        with self.engines, timer.phase("rollout"):
-            self.workers.rollout.generate(batch, attempt_seeds(self.cfg, step, 0, P), sampling_spec(self.cfg),
-                                          on_chunk=lambda start, rs: scored.__setitem__(
-                                              start, self.scoring.submit(self.verifier.score, rs)))
 
-        def finish() -> StepSamples:
-            def gathered(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
-                with timer.phase("verify"):  # after the generation: what the scoring did not overlap
-                    return [s for start in sorted(scored) for s in scored[start].result()]
-            # the one attempt of collect_groups, on the samples generated above (same prompts, same seeds)
-            kept, seen, _ = collect_groups(self.cfg, self.hooks, gathered, self.prompts, lambda n: taken, step)
-            batch = self.hooks.build_batch(kept, self.pad_id)
-            batch = None if batch is None else with_reference(self.workers, batch, timer)
-            return StepSamples(step, kept, seen, cursor, {**timer.totals(), "producer_wait": admit_s}, batch, True)
-        return self.finishing.submit(finish)
+        def on_chunk(start: int, rollouts: list[Rollout]) -> None:
+            scored[start] = self.scoring.submit(self.verifier.score, rollouts)
+
+        with self.engines, timer.phase("rollout"):
+            self.workers.rollout.generate(batch, seeds, sampling_spec(self.cfg), on_chunk=on_chunk)
+
+        def gather() -> list[ScoredRollout]:
+            with timer.phase("verify"):
+                return [s for start in sorted(scored) for s in scored[start].result()]
+        return gather
 
     def sampler(self, timer: PhaseTimer) -> Sampler:
-        """Generate one round under the engines lock, scoring each chunk as it comes back; with partial rollouts,
-        one segment per turn of the lock (the learner's sync may come between two), then score."""
-        spec = sampling_spec(self.cfg)
+        """Generate and score one round (`_stream`); with partial rollouts, one segment per turn of the engines
+        lock (the learner's sync may come between two), then score."""
         tokens = self.cfg.rollout.partial_tokens
-        if tokens:
-            def segment(batch: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
-                        prefix_lens: Sequence[int] | None) -> list[Rollout]:
-                with self.engines:
-                    return self.workers.rollout.generate(batch, seeds, spec, prefix_lens=prefix_lens)
+        if not tokens:
+            return lambda batch, seeds: self._stream(batch, seeds, timer)()
 
-            def sample_partial(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
-                with timer.phase("rollout"):
-                    rollouts = generate_in_segments(segment, batch, seeds, spec, tokens)
-                with timer.phase("verify"):
-                    return self.scoring.submit(self.verifier.score, rollouts).result()
-            return sample_partial
+        def segment(batch: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
+                    prefix_lens: Sequence[int] | None) -> list[Rollout]:
+            with self.engines:
+                return self.workers.rollout.generate(batch, seeds, spec, prefix_lens=prefix_lens)
 
-        def sample(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
-            scored: dict[int, Future[list[ScoredRollout]]] = {}
-
-            def on_chunk(start: int, rollouts: list[Rollout]) -> None:
-                scored[start] = self.scoring.submit(self.verifier.score, rollouts)
-
-            with self.engines, timer.phase("rollout"):
-                self.workers.rollout.generate(batch, seeds, spec, on_chunk=on_chunk)
-            with timer.phase("verify"):  # only what did not overlap the generation
-                return [s for start in sorted(scored) for s in scored[start].result()]
-        return sample
+        def sample_partial(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
+            with timer.phase("rollout"):
+                rollouts = generate_in_segments(segment, batch, seeds, sampling_spec(self.cfg), tokens)
+            with timer.phase("verify"):
+                return self.scoring.submit(self.verifier.score, rollouts).result()
+        return sample_partial
 
     # ------------------------------------------------------------------------------------------- learner side
     def take(self, step: int) -> StepSamples:
