@@ -179,11 +179,11 @@ def test_every_runtime_fault_shares_the_one_base_class_the_cli_catches():
     from actors.placement import PlacementTimeout
     from actors.rollout import RolloutTimeout, RolloutWorkerLost
     from actors.sync_group import SyncMismatchError
-    from actors.verifier import VerifierTimeout, VerifierWorkerLost
+    from actors.verifier import VerifierWorkerLost
     from actors.weight_sync import SyncGroupError
     from rlpt.errors import RunFault
 
     faults = [ActorCallTimeout, ActorLost, LearnerRankLost, LearnerTimeout, PlacementTimeout, RolloutTimeout,
-              RolloutWorkerLost, SyncMismatchError, VerifierTimeout, VerifierWorkerLost, SyncGroupError]
+              RolloutWorkerLost, SyncMismatchError, VerifierWorkerLost, SyncGroupError]
     assert all(issubclass(f, RunFault) for f in faults)
     assert all(issubclass(f, TimeoutError) for f in faults if f.__name__.endswith("Timeout"))
