@@ -20,14 +20,16 @@ from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
 from actors.rollout import RolloutPool, RolloutWorker, check_engine_support, engine_options
 from actors.sync_group import EngineSync, SyncMembership
-from actors.verifier import VerifierPool, VerifierWorker
+from actors.reward_model import RewardModelWorker
+from actors.verifier import ScorePool, VerifierPool, VerifierWorker, batch_timeout_of, verifier_timeout_of
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
-from rlpt.config import RlptConfig
+from rlpt.config import JudgeTerm, ModelTerm, RewardTerm, RlptConfig, RuleTerm
 from rlpt.loops import async_online, dpo, online, rft
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.metrics import truncate_metrics
 from rlpt.prepare import PreparedRun, event, prepare
+from rlpt.rewards import ComposedReward
 
 LOOPS: dict[LoopKind, Callable[..., None]] = {
     LoopKind.ONLINE: online.run,
@@ -52,15 +54,23 @@ class RemoteReference:
 
 @dataclass(frozen=True)
 class GraphHealth:
-    """HealthService: the fleet's metrics (faults/rollout_restarts, fleet/*), the verifier pool's restarts, and the
-    engines' own generate time of the step (timing/rollout_engine: the rest of timing/rollout is overhead)."""
+    """HealthService: the fleet's metrics (faults/rollout_restarts, fleet/*), the verifier pool's restarts, the
+    engines' own generate time of the step (timing/rollout_engine: the rest of timing/rollout is overhead), and
+    each reward term's pool: its restarts and throughput (rollouts scored per second of its scoring calls)."""
 
     fleet: Fleet
     verifiers: VerifierPool
+    reward_pools: dict[str, ScorePool]
 
     def metrics(self) -> dict[str, float]:
-        return {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
-                **self.fleet.pool.take_engine_metrics()}
+        out = {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
+               **self.fleet.pool.take_engine_metrics()}
+        for name, pool in self.reward_pools.items():
+            items, busy_s = pool.take_throughput()
+            out[f"faults/reward_{name}_restarts"] = float(pool.restarts)
+            if items and busy_s > 0:
+                out[f"reward/{name}/rollouts_per_s"] = items / busy_s
+        return out
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Graph:
     learner_ranks: list[Any]
     pool: RolloutPool
     verifier_pool: VerifierPool
+    reward_pools: dict[str, ScorePool]
     reference: Any | None
     sync: EngineSync
     placement_group: Any
@@ -83,6 +94,7 @@ class Graph:
 
     def actors(self) -> list[Any]:
         return [*self.learner_ranks, *self.pool.workers, *self.verifier_pool.workers,
+                *[w for p in self.reward_pools.values() for w in p.workers],
                 *([self.reference] if self.reference else []), *self.fleet.shutdown()]
 
 
@@ -126,6 +138,31 @@ class Factories:
         return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
             name, v.name, v.timeout_s, v.error_reward, self.log_dir)
 
+    def reward_actor(self, term: RewardTerm, name: str) -> Any:
+        return REWARD_ACTORS[type(term)](self, term, name)
+
+    def rule_term(self, term: RuleTerm, name: str) -> Any:
+        import ray
+
+        return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
+            name, term.verifier, term.timeout_s, term.error_reward, self.log_dir)
+
+    def reward_model(self, term: ModelTerm, name: str) -> Any:
+        import ray
+
+        return ray.remote(RewardModelWorker).options(**placement.reward_options(term),
+                                                     runtime_env=placement.thread_env(self.threads)).remote(
+            name, term, self.cfg.model.dtype, self.log_dir)
+
+    def judge(self, term: JudgeTerm, name: str) -> Any:
+        import ray
+
+        from actors.judge import JudgeWorker  # imports vLLM's entry points only where a judge is configured
+
+        return ray.remote(JudgeWorker).options(**placement.reward_options(term),
+                                               runtime_env=placement.thread_env(self.threads)).remote(
+            name, term, self.cfg.model.dtype, self.cfg.run.seed, self.log_dir)
+
     def reference(self) -> Any:
         import ray
 
@@ -133,6 +170,27 @@ class Factories:
         return ray.remote(ReferenceActor).options(**placement.reference_options(c),
                                            runtime_env=placement.thread_env(self.threads)).remote(
             self.model_path, c.model.dtype, c.rollout.temperature, c.learner.micro_batch_size, self.log_dir)
+
+
+REWARD_ACTORS: dict[type, Callable[[Factories, Any, str], Any]] = {
+    RuleTerm: Factories.rule_term, ModelTerm: Factories.reward_model, JudgeTerm: Factories.judge}
+REWARD_TIMEOUTS: dict[type, Callable[[Any], Callable[[int], float]]] = {
+    RuleTerm: lambda t: verifier_timeout_of(t.timeout_s),
+    ModelTerm: lambda t: batch_timeout_of(t.timeout_s, t.batch_size),
+    JudgeTerm: lambda t: batch_timeout_of(t.timeout_s, t.batch_size),
+}
+
+
+def reward_pool_names(cfg: RlptConfig) -> dict[str, list[str]]:
+    """Each reward term's actor names, e.g. reward-rm-0."""
+    return {t.name: [f"reward-{t.name}-{i}" for i in range(t.num_workers)] for t in cfg.reward.terms}
+
+
+def reward_pools(cfg: RlptConfig, make: Factories, actors: dict[str, list[Any]]) -> dict[str, ScorePool]:
+    names = reward_pool_names(cfg)
+    return {t.name: ScorePool(actors[t.name], names[t.name], REWARD_TIMEOUTS[type(t)](t), t.error_reward,
+                              factory=lambda n, t=t: make.reward_actor(t, n), max_restarts=t.max_restarts)
+            for t in cfg.reward.terms}
 
 
 def build_graph(cfg: RlptConfig, prep: PreparedRun,
@@ -152,16 +210,22 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     ranks = [make.learner_rank(pg, k) for k in range(K)]
     names, vnames = [f"rollout-{i}" for i in range(N)], [f"verifier-{i}" for i in range(M)]
     engines, verifiers = [make.engine(n) for n in names], [make.verifier(n) for n in vnames]
+    terms = {t.name: t for t in cfg.reward.terms}
+    rnames = reward_pool_names(cfg)
+    scorers = {term: [make.reward_actor(terms[term], n) for n in ns] for term, ns in rnames.items()}
     use = algo.reference(cfg)
     reference = make.reference() if use is not ReferenceUse.NONE else None
     layout = algo.layout(cfg)
     addr, port = ray.get(ranks[0].address.remote(), timeout=T)
     setups = [r.setup.remote(addr, port, layout.micro, layout.micro_per_rank, algo.lr_horizon(cfg)) for r in ranks]
     extra = [reference] if reference is not None else []
-    labels = [f"learner rank {k}" for k in range(K)] + names + ["reference"] * len(extra) + vnames
+    flat_scorers = [a for term in rnames for a in scorers[term]]
+    labels = ([f"learner rank {k}" for k in range(K)] + names + ["reference"] * len(extra) + vnames
+              + [n for ns in rnames.values() for n in ns])
     ready: dict[str, float] = {}  # each actor's seconds from its creation to ready (the start-up event shows them)
     offset = time.monotonic() - started
-    calls = setups + [a.threads.remote() for a in engines + extra] + [v.ping.remote() for v in verifiers]
+    calls = (setups + [a.threads.remote() for a in engines + extra]
+             + [v.ping.remote() for v in verifiers + flat_scorers])
     got = gather("start-up", calls, labels, T, ready)
     ready = {k: v + offset for k, v in ready.items()}
     threads = {"learner": ray.get(ranks[0].threads.remote(), timeout=T),
@@ -175,10 +239,13 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     syncer = EngineSync(learner, membership, learner.sync_plan(), prep.shape.probe_ids, cfg.sync.probe_tolerance,
                         cfg.sync.timeout_s + 30, cfg.sync.probe_every)
     vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make.verifier,
-                         max_restarts=cfg.verifier.max_restarts)
-    workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer, health=GraphHealth(fleet, vpool),
-                      reference=None if reference is None else RemoteReference(reference, T))
-    return Graph(workers, ranks, pool, vpool, reference, syncer, pg, fleet, threads, ready, ray_s)
+                         max_restarts=cfg.verifier.max_restarts, error_reward=cfg.verifier.error_reward)
+    rpools = reward_pools(cfg, make, scorers)
+    workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
+                      health=GraphHealth(fleet, vpool, rpools),
+                      reference=None if reference is None else RemoteReference(reference, T),
+                      reward=ComposedReward(cfg.reward.terms, rpools) if rpools else None)
+    return Graph(workers, ranks, pool, vpool, rpools, reference, syncer, pg, fleet, threads, ready, ray_s)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -249,7 +316,9 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         event(f"actors up in {time.perf_counter() - t:.1f}s (Ray {graph.ray_s:.1f}s; slowest "
               f"{', '.join(f'{k} {v:.1f}s' for k, v in slowest)}): {cfg.learner.num_ranks} learner rank(s), "
               f"{len(graph.pool.workers)} engine(s), {len(graph.verifier_pool.workers)} verifier(s)"
-              f"{', a reference' if graph.reference is not None else ''}; torch threads "
+              f"{', a reference' if graph.reference is not None else ''}"
+              f"{''.join(f', reward {n}: {len(p.workers)} actor(s)' for n, p in graph.reward_pools.items())}"
+              f"; torch threads "
               f"{', '.join(f'{k} {v}' for k, v in graph.threads.items())}"
               f"{'; actor logs in ' + str(run_dir / 'logs') if cfg.run.log_level == 'quiet' else ''}")
         run_on_graph(cfg, graph, prep, run_dir, on_step, state, ckpt)

@@ -7,6 +7,7 @@ collectives stay on NVLink); engines get `gpus_per_engine * tensor_parallel_size
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -34,7 +35,8 @@ def needed_cpus(cfg: RlptConfig) -> int:
     """Logical CPUs for a local cluster: one per actor plus one spare (over-subscription of real cores is fine;
     an actor that cannot be scheduled would leave its gloo peers waiting)."""
     ref = 1 if algorithm_of(cfg).needs_reference(cfg) else 0
-    return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + ref + 1
+    rewards = sum(math.ceil(getattr(t, "num_cpus", 1) * t.num_workers) for t in cfg.reward.terms)
+    return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + rewards + ref + 1
 
 
 def init_ray(cfg: RlptConfig) -> str:
@@ -82,11 +84,13 @@ def console_options(cfg: RlptConfig) -> dict[str, Any]:
 
 def local_custom_resources(cfg: RlptConfig) -> dict[str, float]:
     """A local cluster is every node type at once: it offers the custom resources the config pins roles with
-    (`cluster.learner_resources`, `cluster.engine_resources`), enough for every learner rank and the largest fleet,
+    (`cluster.learner_resources`, `cluster.engine_resources`, reward terms' `resources`), enough for every learner
+    rank, the largest fleet and every reward actor,
     so a GPU recipe written for cluster/ node types also runs on one machine."""
     out: dict[str, float] = {}
+    model_terms = [(dict(getattr(t, "resources", {})), t.num_workers) for t in cfg.reward.terms]
     for per, count in ((cfg.cluster.learner_resources, cfg.learner.num_ranks),
-                       (cfg.cluster.engine_resources, cfg.fleet_bounds()[1])):
+                       (cfg.cluster.engine_resources, cfg.fleet_bounds()[1]), *model_terms):
         for name, amount in per.items():
             out[name] = out.get(name, 0.0) + amount * count
     return out
@@ -159,3 +163,8 @@ def thread_env(threads: int) -> dict[str, Any]:
 
 def cpu_actor_options() -> dict[str, Any]:
     return {"num_cpus": 1}
+
+
+def reward_options(term: Any) -> dict[str, Any]:
+    """A reward-model or judge actor: the term's own CPUs, GPUs and node-type resources (rlpt.config._ModelTerm)."""
+    return {"num_cpus": term.num_cpus, "num_gpus": term.num_gpus, "resources": dict(term.resources)}

@@ -176,6 +176,117 @@ class VerifierConfig(_Section):
     max_restarts: int = Field(3, ge=0, description="dead verifier actors replaced per run before giving up")
 
 
+# ---------------------------------------------------------------------------------------------------- reward
+RESERVED_TERM_NAMES = ("mean", "std", "correct_frac")  # reward/<name> metrics rlpt already writes
+
+
+class _Term(_Section):
+    """What every reward term has: a name (its metric is reward/<name>, its value a key of the rollouts file's
+    reward_terms), a weight in the sum, and an optional gate."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="term name: reward/<name> in metrics")
+    weight: float = Field(1.0, description="weight of the term in the reward (reward = sum of weight * value)")
+    gate: str | None = Field(None, description="name of a rule term: this term counts only for rollouts that term "
+                                               "says are correct (0 otherwise)")
+    num_workers: int = Field(1, ge=1, description="actors in this term's pool")
+    timeout_s: float = Field(60.0, gt=0, description="longest one call may take (a rule term: one sample; a model or "
+                                                     "judge term: one batch); past it the rows are timeout errors")
+    error_reward: float = Field(0.0, description="the term's value for a rollout it failed to score (an error row)")
+    max_restarts: int = Field(3, ge=0, description="dead actors of this pool replaced per run before giving up")
+
+
+class RuleTerm(_Term):
+    """A rule verifier (as the `verifier` section's), in its own verifier pool; the only kind that says correct."""
+
+    kind: Literal["rule"] = Field("rule", description="rule: a verifier function")
+    verifier: str = Field("numeric", description="built-in verifier (math, numeric, exact, countdown, code) or "
+                                                 "plug-in 'pkg.mod:fn'")
+    timeout_s: float = Field(10.0, gt=0, description="longest the verifier may take on one sample")
+
+
+class _ModelTerm(_Term):
+    path: str = Field(..., description="local HF model directory")
+    batch_size: int = Field(32, ge=1, description="rollouts per forward pass")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each actor of the pool reserves")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each actor of the pool reserves")
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "extra Ray resources per actor, e.g. {rlpt_reward: 1} for the reward node type of a cluster/ file"))
+
+
+class ModelTerm(_ModelTerm):
+    """A discriminative reward model: AutoModelForSequenceClassification with one label; the value is its logit
+    on the prompt + completion, rendered through the model's chat template when it has one."""
+
+    kind: Literal["model"] = Field("model", description="model: a sequence-classification reward model")
+    max_len: int = Field(2048, ge=8, description="longest prompt + completion in tokens; longer ones are error rows")
+
+
+class JudgeTerm(_ModelTerm):
+    """A generative judge: a causal LM served by its own vLLM engine (never synced), asked `template` and read by
+    `parser`: regex (the first group of `pattern` as a float) or yes_no (p(yes) / (p(yes) + p(no)) of the first
+    answer token)."""
+
+    kind: Literal["judge"] = Field("judge", description="judge: a generative LLM judge")
+    template: str = Field(..., description="the judge's prompt, with {prompt}, {completion} and {answer} fields")
+    parser: Literal["regex", "yes_no"] = Field("yes_no", description="how the judge's output becomes a value")
+    pattern: str = Field(r"(-?[0-9]+(?:\.[0-9]+)?)", description="regex parser: the first group is the value")
+    yes: str = Field("yes", description="yes_no parser: the token that means yes")
+    no: str = Field("no", description="yes_no parser: the token that means no")
+    max_new_tokens: int = Field(16, ge=1, description="judge output length (yes_no reads the first token only)")
+    chat_template: bool = Field(True, description="wrap the rendered prompt in the judge's chat template (if any)")
+    max_model_len: int = Field(2048, ge=16, description="the judge engine's context length")
+
+    @model_validator(mode="after")
+    def _template_fields(self) -> "JudgeTerm":
+        import string
+
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        bad = fields - {"prompt", "completion", "answer"}
+        if bad or "completion" not in fields:
+            raise ValueError(f"judge template must contain {{completion}} and only {{prompt}}, {{completion}}, "
+                             f"{{answer}} fields (write {{{{ and }}}} for braces), got {sorted(fields)}")
+        if self.parser == "regex":
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError(f"judge pattern {self.pattern!r} needs a group: the value")
+            except re.error as e:
+                raise ValueError(f"judge pattern {self.pattern!r} is not a regex: {e}") from e
+        return self
+
+
+RewardTerm = Annotated[RuleTerm | ModelTerm | JudgeTerm, Field(discriminator="kind")]
+
+
+class RewardConfig(_Section):
+    """Composed rewards. Empty `terms` (the default): the reward is the `verifier` section's, exactly as before.
+    Otherwise reward = sum of weight * value over the terms (a gated term counts only where its gate term says
+    correct); `verifier` then only measures evaluation accuracy (and gives it during training as eval metrics)."""
+
+    terms: Annotated[tuple[RewardTerm, ...], Field(strict=False)] = Field((), description="reward terms: kind rule, model or judge (see README)")
+
+    @model_validator(mode="after")
+    def _names_and_gates(self) -> "RewardConfig":
+        names = [t.name for t in self.terms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"reward.terms: names must be unique, repeated: {dup}")
+        reserved = sorted(set(names) & set(RESERVED_TERM_NAMES))
+        if reserved:
+            raise ValueError(f"reward.terms: {reserved} is taken by rlpt's own reward/ metrics; pick another name")
+        rules = {t.name for t in self.terms if isinstance(t, RuleTerm)}
+        for t in self.terms:
+            if t.gate is not None and t.gate not in rules:
+                raise ValueError(f"reward.terms.{t.name}.gate: {t.gate!r} is not a rule term (rule terms: "
+                                 f"{sorted(rules)}); only a rule term says correct")
+            if t.gate == t.name:
+                raise ValueError(f"reward.terms.{t.name}.gate: a term cannot gate itself")
+        return self
+
+    @property
+    def rules(self) -> tuple[RuleTerm, ...]:
+        return tuple(t for t in self.terms if isinstance(t, RuleTerm))
+
+
 # ------------------------------------------------------------------------------------------------- algorithm
 class OverlongConfig(_Section):
     enabled: bool = Field(False, description="DAPO soft overlong punishment of completions near "
@@ -422,6 +533,7 @@ class RlptConfig(_Section):
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
     verifier: VerifierConfig = VerifierConfig()
+    reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     learner: LearnerConfig = LearnerConfig()
     sync: SyncConfig = SyncConfig()

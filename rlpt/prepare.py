@@ -37,6 +37,7 @@ class PreparedRun:
 
 def inspect_run(cfg: RlptConfig) -> PreparedRun:
     check_async(cfg)
+    check_reward(cfg)
     model_path = resolve_model_path(cfg)
     check_lengths(cfg, model_path)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
@@ -76,6 +77,24 @@ def check_async(cfg: RlptConfig) -> None:
         raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness}: asynchronous training runs in the "
                           f"online loop; algorithm {cfg.algorithm.name!r} here trains in rounds (set "
                           f"rollout.max_staleness: 0)")
+
+
+def check_reward(cfg: RlptConfig) -> None:
+    """Model and judge terms name a model directory; an algorithm that trains on verdicts (NFT, RFT, DPO) needs a
+    rule term among reward.terms to give them."""
+    for i, t in enumerate(cfg.reward.terms):
+        path = getattr(t, "path", None)
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"reward.terms[{i}] ({t.name}).path: {path} is not an HF model directory (no "
+                              f"config.json); `rlpt rm train` writes one for a reward model")
+    if not cfg.reward.terms or cfg.reward.rules:
+        return
+    from rlpt.algorithms import algorithm_of
+
+    if algorithm_of(cfg).needs_correct:
+        raise ConfigError(f"algorithm {cfg.algorithm.name!r} trains on correct / incorrect samples, but reward.terms "
+                          f"has no rule term to say which are correct (only a rule verifier gives a verdict); add "
+                          f"one, e.g. {{name: acc, kind: rule, verifier: {cfg.verifier.name}, weight: 0}}")
 
 
 HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)

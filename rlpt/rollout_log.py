@@ -27,6 +27,7 @@ SCHEMA = pa.schema([
     # the round loops' files.
     ("learner_version", pa.int64()), ("trained", pa.bool_()),
     ("newest_version", pa.int64()),  # the version of the last token (partial rollouts; else policy_version)
+    ("reward_terms", pa.map_(pa.string(), pa.float64())),  # each reward term's value (reward.terms; else null)
 ])
 
 
@@ -50,6 +51,7 @@ def rollout_table(step: int, scored: Sequence[ScoredRollout], learner_version: i
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
             "engine": s.rollout.engine, "info": info_json(s.info), "learner_version": learner_version,
             "trained": t, "newest_version": s.rollout.newest_version,
+            "reward_terms": list(s.terms.items()) if s.terms else None,
         }
         for s, t in zip(scored, marks)
     ]

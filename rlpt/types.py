@@ -68,6 +68,7 @@ class ScoredRollout:
     correct: bool | None
     info: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    terms: Mapping[str, float] = field(default_factory=dict)  # each reward term's value (reward.terms; else empty)
 
 
 @dataclass(frozen=True)

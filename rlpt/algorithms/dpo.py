@@ -159,4 +159,5 @@ ALGORITHM = Algorithm(
     reference=reference, layout=lambda cfg: pair_layout(cfg.algorithm.dpo.prompts_per_round, cfg.learner),
     plan=plan, passes=lambda cfg: cfg.algorithm.dpo.epochs, updates_per_step=once, loss=loss,
     uses_old_logprobs=False, batch_metrics=no_metrics, pairs=pair_hooks,
+    needs_correct=True,
 )

@@ -142,4 +142,5 @@ ALGORITHM = Algorithm(
     name="nft", loop=lambda cfg: LoopKind.ONLINE, steps=lambda cfg: cfg.run.steps,
     reference=lambda cfg: ReferenceUse.NONE, layout=online_layout, plan=plan, passes=ppo_epochs,
     updates_per_step=once, loss=loss, uses_old_logprobs=True, batch_metrics=batch_metrics, online=online_hooks,
+    needs_correct=True,
 )

@@ -148,4 +148,5 @@ ALGORITHM = Algorithm(
     name="rft", loop=loop, steps=steps, reference=lambda cfg: ReferenceUse.NONE, layout=online_layout, plan=plan,
     passes=ppo_epochs, updates_per_step=updates_per_step, loss=loss, uses_old_logprobs=False,
     batch_metrics=batch_metrics, online=online_hooks, quota=quota_hooks, schedule_steps=schedule_steps,
+    needs_correct=True,
 )

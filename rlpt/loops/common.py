@@ -77,6 +77,12 @@ class Workers(Generic[L]):
     sync: SyncService
     health: HealthService
     reference: ReferenceService | None = None
+    reward: VerifierService | None = None  # the training reward with reward.terms (rlpt.rewards); else the verifier
+
+    @property
+    def rewarder(self) -> VerifierService:
+        """What scores training samples; `verifier` alone scores evaluations (accuracy, whatever the reward)."""
+        return self.verifier if self.reward is None else self.reward
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -119,6 +125,19 @@ def correct_frac(scored: Sequence[ScoredRollout]) -> float | None:
     return sum(1 for s in known if s.correct) / len(known) if known else None
 
 
+def term_means(scored: Sequence[ScoredRollout]) -> dict[str, float]:
+    """reward/<term>: each reward term's mean value over the samples (composed rewards; empty otherwise).
+
+    >>> from rlpt.types import Prompt, Rollout
+    >>> ro = Rollout(Prompt("p", "q"), 0, (1,), (-1.0,), "x", "stop", 0)
+    >>> term_means([ScoredRollout(ro, 1.0, True, terms={"acc": 1.0, "rm": 0.5}),
+    ...             ScoredRollout(ro, 0.0, False, terms={"acc": 0.0, "rm": -1.5})])
+    {'reward/acc': 0.5, 'reward/rm': -0.5}
+    """
+    names = list(scored[0].terms) if scored else []
+    return {f"reward/{n}": sum(s.terms[n] for s in scored) / len(scored) for n in names}
+
+
 def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> dict[str, float]:
     """Per-step sample metrics. A metric whose inputs are missing is absent, not 0: reward/std with fewer than two
     samples, reward/correct_frac when the verifier gives no correctness (rlpt.types.Score.correct is None)."""
@@ -133,6 +152,7 @@ def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> di
     known = {"reward/std": float(rewards.std()) if len(scored) > 1 else None, "reward/correct_frac": correct_frac(scored)}
     return {
         **errors_by_kind,
+        **term_means(scored),
         **{k: v for k, v in known.items() if v is not None},
         "reward/mean": float(rewards.mean()) if scored else 0.0,
         "verifier/errors": float(sum(1 for s in scored if s.error is not None)),
@@ -278,6 +298,8 @@ def end_step(run: LoopRun, end: StepEnd) -> None:
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
     metrics.update(timer.as_metrics())
     metrics["timing/step"] = time.perf_counter() - end.t0
+    if metrics["timing/step"] > 0:  # scoring that did not overlap generation (the async loop: the producer's)
+        metrics["timing/reward_wait_share"] = metrics["timing/verify"] / metrics["timing/step"]
     rollout_s = metrics["timing/rollout"]
     if rollout_s:
         metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s

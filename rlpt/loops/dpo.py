@@ -67,7 +67,7 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
             with timer.phase("rollout"):
                 rollouts = w.rollout.generate(batch_prompts, seeds, spec)
             with timer.phase("verify"):
-                scored = w.verifier.score(rollouts)
+                scored = w.rewarder.score(rollouts)
             pairs, skipped = hooks.make_pairs(scored, rng)
             metrics = rollout_metrics(scored, version)
             metrics.update({"dpo/pairs": float(len(pairs)), "dpo/skipped_prompts": float(skipped)})

@@ -43,7 +43,7 @@ def timed_sampler(cfg: RlptConfig, w: Workers[Any], timer: PhaseTimer) -> Sample
         with timer.phase("rollout"):
             rollouts = w.rollout.generate(batch, seeds, spec)
         with timer.phase("verify"):
-            return w.verifier.score(rollouts)
+            return w.rewarder.score(rollouts)
     return sample
 
 

@@ -88,8 +88,10 @@ class Producer:
         self.cfg, self.hooks, self.prompts, self.cursor, self.pad_id = cfg, hooks, prompts, cursor, pad_id
         self.K, self.wait_mode = cfg.rollout.max_staleness, cfg.rollout.stale == "wait"
         self.steps = cfg.run.steps
-        self.verifier = SerialVerifier(w.verifier)
-        self.workers = replace(w, verifier=self.verifier)  # what the learner side (evaluation) uses too
+        self.verifier = SerialVerifier(w.rewarder)  # the training reward
+        # what the learner side uses too: evaluation scores with the verifier, which may be this same pool
+        evaluator = self.verifier if w.reward is None else SerialVerifier(w.verifier)
+        self.workers = replace(w, verifier=evaluator, reward=None if w.reward is None else self.verifier)
         self.engines = TurnLock()  # one engine call at a time from this driver: a round, a sync, an eval
         self.cursor_lock = threading.Lock()
         self.cond = threading.Condition()

@@ -56,7 +56,7 @@ def sample_to_quota(cfg: RlptConfig, hooks: QuotaHooks, w: Workers[Any], prompts
         with timer.phase("rollout"):
             rollouts = w.rollout.generate(active, seeds, sampling_spec(cfg))
         with timer.phase("verify"):
-            scored = w.verifier.score(rollouts)
+            scored = w.rewarder.score(rollouts)
         seen += scored
         for s in scored:
             got[s.rollout.prompt.uid].append(s)
