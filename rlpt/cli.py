@@ -93,6 +93,14 @@ def cmd_model_init_tiny(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm_train(ns: argparse.Namespace) -> int:
+    from rlpt.rm_train import RMTrainSettings, train
+
+    train(RMTrainSettings(tuple(ns.pairs), ns.model, ns.out, ns.epochs, ns.lr, ns.batch_size, ns.max_len,
+                          ns.holdout, ns.seed))
+    return 0
+
+
 def cmd_check(ns: argparse.Namespace) -> int:
     from rlpt.preflight import report
     from rlpt.prepare import inspect_run
@@ -252,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--size", choices=["tiny", "small"], default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(fn=cmd_model_init_tiny)
+
+    rm = sub.add_parser("rm", help="reward models").add_subparsers(dest="rm_command", required=True)
+    rmt = rm.add_parser("train", help="fit a Bradley-Terry reward model on preference pairs (prompt, chosen, "
+                                      "rejected) and save an HF directory for a reward term of kind model")
+    rmt.add_argument("--pairs", nargs="+", required=True, metavar="FILE",
+                     help="parquet/JSONL files with prompt, chosen, rejected (e.g. a DPO run's pairs/round_*.parquet)")
+    rmt.add_argument("--model", required=True, metavar="DIR", help="base HF model directory (the head starts fresh)")
+    rmt.add_argument("--out", required=True, metavar="DIR", help="where to save the reward model (must not exist)")
+    rmt.add_argument("--epochs", type=int, default=3)
+    rmt.add_argument("--lr", type=float, default=1e-4)
+    rmt.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
+    rmt.add_argument("--max-len", type=int, default=512, help="longer pairs (in tokens) are skipped and counted")
+    rmt.add_argument("--holdout", type=float, default=0.1, help="share of pairs held out to report accuracy")
+    rmt.add_argument("--seed", type=int, default=0)
+    rmt.set_defaults(fn=cmd_rm_train)
 
     ck = sub.add_parser("check", help="preflight only: model context, EOS ids, chat template, prompt lengths (no "
                                       "actors, no weights loaded)")
