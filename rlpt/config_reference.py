@@ -59,13 +59,25 @@ def default_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
+def item_sections(annotation: Any) -> list[type[BaseModel]]:
+    """The section types a list key holds (reward.terms: RuleTerm | ModelTerm | JudgeTerm), else []."""
+    args = typing.get_args(annotation)
+    while args and typing.get_origin(annotation) in (typing.Annotated, tuple):
+        annotation, args = args[0], typing.get_args(args[0])
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return [m for m in members if _is_section(m)]
+
+
 def sections(model: type[BaseModel] = RlptConfig, prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
-    """(dotted path, section model) of every section, depth first in schema order."""
+    """(dotted path, section model) of every section, depth first in schema order; the entries of a list of
+    sections as `path[]` with their kind (`reward.terms[] (kind: model)`)."""
     for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
         if _is_section(field.annotation):
-            path = f"{prefix}{name}"
             yield path, field.annotation
             yield from sections(field.annotation, f"{path}.")
+        for item in item_sections(field.annotation):
+            yield f"{path}[] (kind: {item.model_fields['kind'].default})", item
 
 
 def keys(model: type[BaseModel], prefix: str) -> list[Key]:
@@ -75,13 +87,14 @@ def keys(model: type[BaseModel], prefix: str) -> list[Key]:
         if _is_section(field.annotation):
             continue
         default = field.default_factory() if field.default_factory is not None else field.default
-        out.append(Key(f"{prefix}{name}", type_name(field.annotation), default_text(default),
+        out.append(Key(f"{prefix}{name}", type_name(field.annotation),
+                       "(required)" if field.is_required() else default_text(default),
                        " ".join((field.description or "").split())))
     return out
 
 
 def all_keys() -> set[str]:
-    return {k.path for path, model in sections() for k in keys(model, f"{path}.")}
+    return {k.path for path, model in sections() if "[]" not in path for k in keys(model, f"{path}.")}
 
 
 def recipe_keys(recipes: Path = RECIPES) -> dict[str, list[str]]:
@@ -124,12 +137,12 @@ def render(recipes: Path = RECIPES) -> str:
         "",
     ]
     for path, model in sections():
-        depth = path.count(".") + 2
+        depth = path.count(".") + 2 + ("[]" in path)
         lines += [f"{'#' * depth} `{path}`", ""]
         doc = inspect.getdoc(model) if vars(model).get("__doc__") else None  # its own docstring, not BaseModel's
         for paragraph in (doc.split("\n\n") if doc else []):
             lines += [" ".join(paragraph.split()), ""]
-        rows = keys(model, f"{path}.")
+        rows = keys(model, f"{path.split(' ')[0]}.")
         if not rows:
             continue
         lines += ["| key | type | default | description | set in |", "|---|---|---|---|---|"]

@@ -37,14 +37,14 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # Public specs of the instance / machine types we allow: (GPUs, vCPUs).
 INSTANCE_TYPES: dict[str, dict[str, tuple[int, int]]] = {
     "aws": {"m5.4xlarge": (0, 16), "m5.8xlarge": (0, 32), "p4d.24xlarge": (8, 96), "p4de.24xlarge": (8, 96),
-            "p5.48xlarge": (8, 192), "g5.12xlarge": (4, 48), "g5.48xlarge": (8, 192), "g6e.48xlarge": (8, 192)},
+            "p5.48xlarge": (8, 192), "g5.12xlarge": (4, 48), "g5.48xlarge": (8, 192), "g6e.48xlarge": (8, 192), "g5.2xlarge": (1, 8)},
     "gcp": {"n2-standard-16": (0, 16), "n2-standard-32": (0, 32), "a2-highgpu-8g": (8, 96),
-            "a2-ultragpu-8g": (8, 96), "a3-highgpu-8g": (8, 208)},
+            "a2-ultragpu-8g": (8, 96), "a3-highgpu-8g": (8, 208), "g2-standard-8": (1, 8)},
 }
 # Node type / worker group -> the one rlpt custom resource it carries (one unit per GPU).
-LAUNCHER_ROLES = {"learner_gpu": "rlpt_learner", "rollout_gpu": "rlpt_rollout"}
-KUBERAY_ROLES = {"learner-gpu": "rlpt_learner", "rollout-gpu": "rlpt_rollout"}
-RLPT_RESOURCES = {"rlpt_learner", "rlpt_rollout"}
+LAUNCHER_ROLES = {"learner_gpu": "rlpt_learner", "rollout_gpu": "rlpt_rollout", "reward_gpu": "rlpt_reward"}
+KUBERAY_ROLES = {"learner-gpu": "rlpt_learner", "rollout-gpu": "rlpt_rollout", "reward-gpu": "rlpt_reward"}
+RLPT_RESOURCES = {"rlpt_learner", "rlpt_rollout", "rlpt_reward"}
 
 # KubeRay ray.io/v1 field names (ray-operator/apis/ray/v1/raycluster_types.go, rayjob_types.go, KubeRay 1.1-1.4).
 RAYCLUSTER_SPEC = {"suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
@@ -177,7 +177,7 @@ def check_launcher(data: dict[str, Any], provider: str) -> None:
         assert "project_id" in prov and prov["availability_zone"].startswith(prov["region"])
     assert data["auth"].get("ssh_user")
     types = data["available_node_types"]
-    assert set(types) == {"head", "learner_gpu", "rollout_gpu"} and data["head_node_type"] == "head"
+    assert set(types) == {"head", "learner_gpu", "rollout_gpu", "reward_gpu"} and data["head_node_type"] == "head"
     assert data["max_workers"] >= sum(t.get("max_workers", 0) for n, t in types.items() if n != "head"), \
         "global max_workers caps the node types' max_workers below what they declare"
     for name, t in types.items():
