@@ -21,7 +21,8 @@ from actors.reference import ReferenceActor
 from actors.rollout import RolloutPool, RolloutWorker, check_engine_support, engine_options
 from actors.sync_group import EngineSync, SyncMembership
 from actors.reward_model import RewardModelWorker
-from actors.verifier import ScorePool, VerifierPool, VerifierWorker, batch_timeout_of, verifier_timeout_of
+from actors.verifier import (PoolScaler, ScorePool, VerifierPool, VerifierWorker, batch_timeout_of,
+                             verifier_timeout_of)
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
 from rlpt.config import JudgeTerm, ModelTerm, RewardTerm, RlptConfig, RuleTerm
@@ -61,6 +62,7 @@ class GraphHealth:
     fleet: Fleet
     verifiers: VerifierPool
     reward_pools: dict[str, ScorePool]
+    scalers: dict[str, PoolScaler]  # the reward pools with max_workers: resized here, once per step
 
     def metrics(self) -> dict[str, float]:
         out = {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
@@ -70,6 +72,8 @@ class GraphHealth:
             out[f"faults/reward_{name}_restarts"] = float(pool.restarts)
             if items and busy_s > 0:
                 out[f"reward/{name}/rollouts_per_s"] = items / busy_s
+            if name in self.scalers:
+                out.update({f"reward/{name}/{k}": v for k, v in self.scalers[name].update(busy_s).items()})
         return out
 
 
@@ -94,7 +98,7 @@ class Graph:
 
     def actors(self) -> list[Any]:
         return [*self.learner_ranks, *self.pool.workers, *self.verifier_pool.workers,
-                *[w for p in self.reward_pools.values() for w in p.workers],
+                *[w for p in self.reward_pools.values() for w in p.workers + p.pending()],
                 *([self.reference] if self.reference else []), *self.fleet.shutdown()]
 
 
@@ -193,6 +197,11 @@ def reward_pools(cfg: RlptConfig, make: Factories, actors: dict[str, list[Any]])
             for t in cfg.reward.terms}
 
 
+def reward_scalers(cfg: RlptConfig, pools: dict[str, ScorePool]) -> dict[str, PoolScaler]:
+    return {t.name: PoolScaler(pools[t.name], t.num_workers, t.max_workers, t.target_busy_share)
+            for t in cfg.reward.terms if t.max_workers is not None and t.max_workers > t.num_workers}
+
+
 def build_graph(cfg: RlptConfig, prep: PreparedRun,
                 request_resources: Callable[[list[dict[str, float]]], None] | None = None) -> Graph:
     """`request_resources` is how the fleet talks to the autoscaler (default: ray.autoscaler.sdk.request_resources);
@@ -242,7 +251,7 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
                          max_restarts=cfg.verifier.max_restarts, error_reward=cfg.verifier.error_reward)
     rpools = reward_pools(cfg, make, scorers)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
-                      health=GraphHealth(fleet, vpool, rpools),
+                      health=GraphHealth(fleet, vpool, rpools, reward_scalers(cfg, rpools)),
                       reference=None if reference is None else RemoteReference(reference, T),
                       reward=ComposedReward(cfg.reward.terms, rpools) if rpools else None)
     return Graph(workers, ranks, pool, vpool, rpools, reference, syncer, pg, fleet, threads, ready, ray_s)

@@ -35,7 +35,7 @@ def needed_cpus(cfg: RlptConfig) -> int:
     """Logical CPUs for a local cluster: one per actor plus one spare (over-subscription of real cores is fine;
     an actor that cannot be scheduled would leave its gloo peers waiting)."""
     ref = 1 if algorithm_of(cfg).needs_reference(cfg) else 0
-    rewards = sum(math.ceil(getattr(t, "num_cpus", 1) * t.num_workers) for t in cfg.reward.terms)
+    rewards = sum(math.ceil(getattr(t, "num_cpus", 1) * (t.max_workers or t.num_workers)) for t in cfg.reward.terms)
     return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + rewards + ref + 1
 
 
@@ -88,7 +88,7 @@ def local_custom_resources(cfg: RlptConfig) -> dict[str, float]:
     rank, the largest fleet and every reward actor,
     so a GPU recipe written for cluster/ node types also runs on one machine."""
     out: dict[str, float] = {}
-    model_terms = [(dict(getattr(t, "resources", {})), t.num_workers) for t in cfg.reward.terms]
+    model_terms = [(dict(getattr(t, "resources", {})), t.max_workers or t.num_workers) for t in cfg.reward.terms]
     for per, count in ((cfg.cluster.learner_resources, cfg.learner.num_ranks),
                        (cfg.cluster.engine_resources, cfg.fleet_bounds()[1]), *model_terms):
         for name, amount in per.items():

@@ -68,8 +68,12 @@ class ScorePool:
         self.timeout_of, self.error_reward = timeout_of, error_reward
         self.factory, self.max_restarts = factory, max_restarts
         self.restarts = 0
-        self._lock = threading.Lock()  # the counters below; score_items itself is one call at a time per pool
+        self._lock = threading.Lock()  # the counters below
         self._items, self._busy_s = 0, 0.0
+        # One scoring call or resize at a time (the async loop's producer scores while the learner side rescales).
+        self._calls = threading.Lock()
+        self._joining: list[tuple[str, Any, Any]] = []  # (name, actor, its ping): started, not yet scoring
+        self._started = len(self.workers)  # names of added actors continue the numbering
 
     def score(self, rollouts: Sequence[Rollout]) -> list[ScoredRollout]:
         if not rollouts:
@@ -85,6 +89,14 @@ class ScorePool:
 
         if not items:
             return []
+        with self._calls:
+            self._admit()
+            return self._score_items(items)
+
+    def _score_items(self, items: Sequence[VerifyItem]) -> list[Verdict]:
+        import ray
+        from ray.exceptions import RayActorError
+
         t0 = time.perf_counter()
         size = math.ceil(len(items) / len(self.workers))
         shares = [items[i:i + size] for i in range(0, len(items), size)]
@@ -112,6 +124,53 @@ class ScorePool:
             self._busy_s += time.perf_counter() - t0
         return verdicts
 
+    @property
+    def size(self) -> int:
+        """Actors scoring and actors starting."""
+        return len(self.workers) + len(self._joining)
+
+    def resize(self, n: int) -> None:
+        """Start actors (they score from the first call after they answer a ping, so a slow start never makes a
+        share late) or stop them (those still starting first), down to at least one."""
+        import ray
+
+        if self.factory is None:
+            raise ValueError("a pool without a factory cannot grow")
+        with self._calls:
+            while self.size < n:
+                name = f"{self.names[0].rsplit('-', 1)[0]}-{self._started}"
+                actor = self.factory(name)
+                self._joining.append((name, actor, actor.ping.remote()))
+                self._started += 1
+            while self.size > max(n, 1):
+                if self._joining:
+                    ray.kill(self._joining.pop()[1], no_restart=True)
+                else:
+                    ray.kill(self.workers.pop(), no_restart=True)
+                    self.names.pop()
+
+    def _admit(self) -> None:
+        """Move the started actors that answered their ping into the pool (one that died starting is dropped)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for entry in list(self._joining):
+            name, actor, ping = entry
+            if not ray.wait([ping], timeout=0)[0]:
+                continue
+            self._joining.remove(entry)
+            try:
+                ray.get(ping)
+            except RayActorError as e:
+                print(f"[rlpt] {name} died while starting ({type(e).__name__}); not added", file=sys.stderr)
+                continue
+            self.workers.append(actor)
+            self.names.append(name)
+
+    def pending(self) -> list[Any]:
+        """Actors still starting (for the caller to kill at shutdown)."""
+        return [actor for _, actor, _ in self._joining]
+
     def take_throughput(self) -> tuple[int, float]:
         """(items scored, seconds spent scoring) since the last call."""
         with self._lock:
@@ -134,6 +193,36 @@ class ScorePool:
             "died; replaced it and re-scoring its share"
         print(f"[rlpt] {self.names[k]} {what} ({type(err).__name__}, restart {self.restarts}/{self.max_restarts})",
               file=sys.stderr)
+
+
+class PoolScaler:
+    """Between steps: one ScorePool's size from the share of wall time it spent scoring since the last call
+    (rlpt.autoscale.FleetPolicy, the rollout fleet's rule: band 0.1, a change at most every 3 steps)."""
+
+    BAND, COOLDOWN_STEPS = 0.1, 3
+
+    def __init__(self, pool: ScorePool, min_size: int, max_size: int, target_share: float) -> None:
+        from rlpt.autoscale import FleetPolicy
+
+        self.pool = pool
+        self.policy = FleetPolicy(min_size, max_size, target_share, self.BAND, self.COOLDOWN_STEPS)
+        self.calls, self.last_change = 0, None
+        self.t = time.perf_counter()
+
+    def update(self, busy_s: float) -> dict[str, float]:
+        """Decide and resize; returns the pool's size and busy share for metrics."""
+        now = time.perf_counter()
+        share = busy_s / max(now - self.t, 1e-9)
+        self.t = now
+        decision = self.policy.decide(self.calls, share, self.pool.size, self.last_change)
+        if decision.target != self.pool.size:
+            print(f"[rlpt] {self.pool.names[0].rsplit('-', 1)[0]}: {self.pool.size} -> {decision.target} actors "
+                  f"(scoring {share:.0%} of the last step; target {self.policy.target_share:.0%} +- {self.BAND:.0%})",
+                  file=sys.stderr)
+            self.pool.resize(decision.target)
+            self.last_change = self.calls
+        self.calls += 1
+        return {"busy_share": share, "workers": float(len(self.pool.workers))}
 
 
 class VerifierPool(ScorePool):

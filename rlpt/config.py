@@ -193,6 +193,19 @@ class _Term(_Section):
                                                      "judge term: one batch); past it the rows are timeout errors")
     error_reward: float = Field(0.0, description="the term's value for a rollout it failed to score (an error row)")
     max_restarts: int = Field(3, ge=0, description="dead actors of this pool replaced per run before giving up")
+    max_workers: int | None = Field(None, ge=1, description=(
+        "scale the pool between num_workers and this many actors from the share of each step it spends scoring "
+        "(above target_busy_share + 0.1: one more actor; below target_busy_share - 0.1: one fewer; at most one "
+        "change per 3 steps); None = a fixed pool of num_workers"))
+    target_busy_share: float = Field(0.3, gt=0, lt=1, description="with max_workers: the wanted share of step "
+                                                                  "time this pool spends scoring")
+
+    @model_validator(mode="after")
+    def _scaling_bounds(self) -> "_Term":
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise ValueError(f"reward.terms.{self.name}: max_workers {self.max_workers} < num_workers "
+                             f"{self.num_workers}")
+        return self
 
 
 class RuleTerm(_Term):

@@ -103,6 +103,31 @@ def test_reward_model_pool_scores_like_the_model_in_process_and_survives_a_kille
             ray_cluster.kill(w)
 
 
+def test_a_busy_reward_pool_grows_and_an_idle_one_shrinks(ray_cluster, reward_model):
+    from actors.reward_model import RewardModelWorker
+    from actors.verifier import PoolScaler
+
+    term = ModelTerm(name="rm", path=reward_model, batch_size=4, num_workers=1, max_workers=2)
+    pool = pool_of(ray_cluster, RewardModelWorker, term, 1)
+    scaler = PoolScaler(pool, 1, 2, term.target_busy_share)
+    try:
+        want = [v[0] for v in pool.score_items(ITEMS)]
+        scaler.t -= 10.0
+        busy = scaler.update(busy_s=9.0)  # scoring 90% of the time since the scaler started: one more actor
+        assert pool.size == 2 and busy == {"busy_share": pytest.approx(0.9, abs=0.01), "workers": 1.0}
+        ray_cluster.get(pool._joining[0][2])  # the new one scores once it answers: wait for that here
+        assert [v[0] for v in pool.score_items(ITEMS)] == pytest.approx(want, abs=1e-5)  # other batches: fp noise
+        assert len(pool.workers) == 2 and pool.names == ["rm-0", "rm-1"]
+        assert scaler.update(busy_s=0.0)["workers"] == 2.0 and pool.size == 2  # cool-down: no change yet
+        for _ in range(PoolScaler.COOLDOWN_STEPS):
+            scaler.update(busy_s=0.0)
+        assert pool.size == 1 and pool.names == ["rm-0"]  # idle: back to num_workers
+        assert [v[0] for v in pool.score_items(ITEMS)] == pytest.approx(want, abs=1e-5)
+    finally:
+        for w in pool.workers + pool.pending():
+            ray_cluster.kill(w)
+
+
 def test_judge_pool_hung_judge_gives_timeout_rows_and_a_killed_judge_is_replaced(ray_cluster, tiny_path):
     from actors.judge import JudgeWorker
 
