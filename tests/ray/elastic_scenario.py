@@ -33,10 +33,12 @@ def _connect(cluster) -> None:
     ray.init(address=cluster.address, runtime_env={"env_vars": env}, log_to_driver=False)
 
 
-def nodes(out: Path) -> None:
+def nodes(out: Path, name: str = "elastic", extra: tuple[str, ...] = ()) -> None:
     """One rollout node at the start; a second node is added after step 2 (its engine must join at the current
     version and take work); three steps after it joined, the first node is removed while a step is generating
-    (its lost work must be re-issued, nothing lost or doubled); the run goes on with the remaining engine."""
+    (its lost work must be re-issued, nothing lost or doubled); the run goes on with the remaining engine.
+    `extra` overrides, e.g. rollout.max_staleness=1 (`nodes_async`: the producer generates while the learner
+    trains; fleet changes happen in the sync, under the engines lock)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -46,11 +48,11 @@ def nodes(out: Path) -> None:
     cluster = Cluster(initialize_head=True, head_node_args=HEAD)
     node_a = cluster.add_node(**ROLLOUT_NODE)
     _connect(cluster)
-    run_dir = out / "elastic"
-    cfg = load_config(None, [f"run.root={out}", "run.name=elastic", "run.steps=16", "run.tensorboard=false",
+    run_dir = out / name
+    cfg = load_config(None, [f"run.root={out}", f"run.name={name}", "run.steps=16", "run.tensorboard=false",
                              "cluster.engine_resources={rlpt_rollout: 1}", "cluster.rollout.max=2",
                              "cluster.rollout.join_timeout_s=180", "cluster.threads_per_actor=1",
-                             "sync.probe_every=1"])
+                             "sync.probe_every=1", *extra])
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep)
     events: list[dict] = []
@@ -194,7 +196,11 @@ def autoscale(out: Path) -> None:
     cluster.shutdown()
 
 
-SCENARIOS = {"nodes": nodes, "autoscale": autoscale}
+def nodes_async(out: Path) -> None:
+    nodes(out, "elastic-async", ("rollout.max_staleness=1",))
+
+
+SCENARIOS = {"nodes": nodes, "nodes_async": nodes_async, "autoscale": autoscale}
 
 if __name__ == "__main__":
     name, out_dir = sys.argv[1], Path(sys.argv[2])
