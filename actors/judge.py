@@ -97,7 +97,12 @@ class JudgeWorker:
         rows: list[Verdict | None] = [None] * len(items)
         todo: list[tuple[int, list[int]]] = []
         for i, item in enumerate(items):
-            ids = self.prompt_ids(item)
+            try:
+                ids = self.prompt_ids(item)
+            except Exception as e:  # noqa: BLE001 - e.g. a chat template that rejects the turn: this row only
+                rows[i] = (term.error_reward, None, {}, f"judge_error: {self.name}: rendering the judge prompt: "
+                                                        f"{type(e).__name__}: {e}")
+                continue
             too_long = self._too_long(len(ids))
             if too_long is None:
                 todo.append((i, ids))

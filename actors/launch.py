@@ -66,10 +66,11 @@ class GraphHealth:
 
     def metrics(self) -> dict[str, float]:
         out = {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
-               **self.fleet.pool.take_engine_metrics()}
+               "faults/verifier_timeouts": float(self.verifiers.timeouts), **self.fleet.pool.take_engine_metrics()}
         for name, pool in self.reward_pools.items():
             items, busy_s = pool.take_throughput()
             out[f"faults/reward_{name}_restarts"] = float(pool.restarts)
+            out[f"faults/reward_{name}_timeouts"] = float(pool.timeouts)
             if items and busy_s > 0:
                 out[f"reward/{name}/rollouts_per_s"] = items / busy_s
             if name in self.scalers:
@@ -193,7 +194,8 @@ def reward_pool_names(cfg: RlptConfig) -> dict[str, list[str]]:
 def reward_pools(cfg: RlptConfig, make: Factories, actors: dict[str, list[Any]]) -> dict[str, ScorePool]:
     names = reward_pool_names(cfg)
     return {t.name: ScorePool(actors[t.name], names[t.name], REWARD_TIMEOUTS[type(t)](t), t.error_reward,
-                              factory=lambda n, t=t: make.reward_actor(t, n), max_restarts=t.max_restarts)
+                              factory=lambda n, t=t: make.reward_actor(t, n), max_restarts=t.max_restarts,
+                              start_timeout_s=cfg.run.actor_timeout_s)
             for t in cfg.reward.terms}
 
 
@@ -248,7 +250,8 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     syncer = EngineSync(learner, membership, learner.sync_plan(), prep.shape.probe_ids, cfg.sync.probe_tolerance,
                         cfg.sync.timeout_s + 30, cfg.sync.probe_every)
     vpool = VerifierPool(verifiers, vnames, cfg.verifier.timeout_s, factory=make.verifier,
-                         max_restarts=cfg.verifier.max_restarts, error_reward=cfg.verifier.error_reward)
+                         max_restarts=cfg.verifier.max_restarts, error_reward=cfg.verifier.error_reward,
+                         start_timeout_s=T)
     rpools = reward_pools(cfg, make, scorers)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
                       health=GraphHealth(fleet, vpool, rpools, reward_scalers(cfg, rpools)),
@@ -261,6 +264,8 @@ def shutdown(graph: Graph | None) -> None:
     import ray
 
     if graph is not None:
+        if isinstance(graph.workers.reward, ComposedReward):
+            graph.workers.reward.close()
         for actor in graph.actors():
             ray.kill(actor, no_restart=True)
         # The learners' placement group reserves its bundles until removed: without this, every graph built in

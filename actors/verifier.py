@@ -10,7 +10,8 @@ them with its own rollouts (their token ids and logprobs never travel).
 Guarantees, for every kind of pool: every rollout gets exactly one verdict. An actor that dies is replaced (bounded
 by `max_restarts`) and its share scored again by the replacement. An actor whose share is late (past
 `timeout_of(len(share))`) is killed and replaced, and its share becomes explicit "timeout: ..." error rows (a judge
-that hangs on an input would hang on it again: the rows are not re-scored).
+that hangs on an input would hang on it again: the rows are not re-scored); timeouts are counted, not bounded (a
+hang is not a death: the run goes on). A replacement gets work only once it has started (answered a ping).
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ class ScorePool:
     """Driver-side fan-out over scoring actors (see the module docstring for the guarantees)."""
 
     def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_of: Callable[[int], float],
-                 error_reward: float, factory: Callable[[str], Any] | None = None, max_restarts: int = 3) -> None:
+                 error_reward: float, factory: Callable[[str], Any] | None = None, max_restarts: int = 3,
+                 start_timeout_s: float = 600.0) -> None:
         self.workers, self.names = list(workers), list(names)
         self.timeout_of, self.error_reward = timeout_of, error_reward
-        self.factory, self.max_restarts = factory, max_restarts
-        self.restarts = 0
+        self.factory, self.max_restarts, self.start_timeout_s = factory, max_restarts, start_timeout_s
+        self.restarts = 0  # replacements of dead actors (bounded by max_restarts)
+        self.timeouts = 0  # late shares (their actors replaced; not bounded: a hang is not a death)
         self._lock = threading.Lock()  # the counters below
         self._items, self._busy_s = 0, 0.0
         # One scoring call or resize at a time (the async loop's producer scores while the learner side rescales).
@@ -179,20 +182,30 @@ class ScorePool:
         return got
 
     def _replace(self, k: int, err: Exception, kill: bool) -> None:
+        """A fresh actor in slot k, started before it gets work: a share sent to an actor still loading its model
+        would wait behind the load and count it against the call's timeout. A late actor (`kill`) is killed first
+        and counts as a timeout; a dead one counts against max_restarts."""
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
 
-        if self.factory is None or self.restarts >= self.max_restarts:
+        if self.factory is None or (not kill and self.restarts >= self.max_restarts):
             raise VerifierWorkerLost(f"{self.names[k]} {'hung' if kill else 'died'} ({type(err).__name__}: {err}) and "
                                      f"may not be replaced (restarts so far {self.restarts}, "
                                      f"max_restarts={self.max_restarts})") from err
         if kill:
             ray.kill(self.workers[k], no_restart=True)
+            self.timeouts += 1
+        else:
+            self.restarts += 1
+        what = "timed out; its rows are timeout errors, replacing it" if kill else \
+            f"died; replacing it and re-scoring its share (restart {self.restarts}/{self.max_restarts})"
+        print(f"[rlpt] {self.names[k]} {what} ({type(err).__name__})", file=sys.stderr)
         self.workers[k] = self.factory(self.names[k])
-        self.restarts += 1
-        what = "timed out; replaced it (its rows are timeout errors)" if kill else \
-            "died; replaced it and re-scoring its share"
-        print(f"[rlpt] {self.names[k]} {what} ({type(err).__name__}, restart {self.restarts}/{self.max_restarts})",
-              file=sys.stderr)
+        try:
+            ray.get(self.workers[k].ping.remote(), timeout=self.start_timeout_s)
+        except (RayActorError, GetTimeoutError) as e:
+            raise VerifierWorkerLost(f"the replacement {self.names[k]} did not start within {self.start_timeout_s:.0f}s "
+                                     f"({type(e).__name__}: {e})") from e
 
 
 class PoolScaler:
@@ -226,10 +239,12 @@ class PoolScaler:
 
 
 class VerifierPool(ScorePool):
-    """The rule-verifier pool: per-item timeouts inside the workers, an outer bound of timeout * share + slack."""
+    """The rule-verifier pool: per-item timeouts inside the workers, an outer bound of timeout * share + slack (an
+    actor past it is stuck, not the verifier: since the reward-term pools it gets timeout rows and is replaced,
+    where it used to end the run)."""
 
     def __init__(self, workers: Sequence[Any], names: Sequence[str], per_item_timeout_s: float,
                  factory: Callable[[str], Any] | None = None, max_restarts: int = 3, slack_s: float = 60.0,
-                 error_reward: float = 0.0) -> None:
+                 error_reward: float = 0.0, start_timeout_s: float = 600.0) -> None:
         super().__init__(workers, names, verifier_timeout_of(per_item_timeout_s, slack_s), error_reward, factory,
-                         max_restarts)
+                         max_restarts, start_timeout_s)

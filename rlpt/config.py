@@ -177,7 +177,8 @@ class VerifierConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------------- reward
-RESERVED_TERM_NAMES = ("mean", "std", "correct_frac")  # reward/<name> metrics rlpt already writes
+# reward/<name> metrics rlpt already writes, and the info keys rlpt.rewards.compose_one adds beside the terms
+RESERVED_TERM_NAMES = ("mean", "std", "correct_frac", "errors", "verdict_error")
 
 
 class _Term(_Section):
@@ -285,7 +286,8 @@ class RewardConfig(_Section):
             raise ValueError(f"reward.terms: names must be unique, repeated: {dup}")
         reserved = sorted(set(names) & set(RESERVED_TERM_NAMES))
         if reserved:
-            raise ValueError(f"reward.terms: {reserved} is taken by rlpt's own reward/ metrics; pick another name")
+            raise ValueError(f"reward.terms: {reserved} is taken by rlpt's own reward/ metrics or info keys; pick "
+                             f"another name")
         rules = {t.name for t in self.terms if isinstance(t, RuleTerm)}
         for t in self.terms:
             if t.gate is not None and t.gate not in rules:

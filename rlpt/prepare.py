@@ -80,21 +80,25 @@ def check_async(cfg: RlptConfig) -> None:
 
 
 def check_reward(cfg: RlptConfig) -> None:
-    """Model and judge terms name a model directory; an algorithm that trains on verdicts (NFT, RFT, DPO) needs a
-    rule term among reward.terms to give them."""
+    """Model and judge terms name a model directory; an algorithm that trains on verdicts (NFT, RFT, DPO) takes
+    only rule terms (model and judge scores would not change what it trains on)."""
     for i, t in enumerate(cfg.reward.terms):
         path = getattr(t, "path", None)
         if path is not None and not (Path(path) / "config.json").is_file():
             raise ConfigError(f"reward.terms[{i}] ({t.name}).path: {path} is not an HF model directory (no "
                               f"config.json); `rlpt rm train` writes one for a reward model")
-    if not cfg.reward.terms or cfg.reward.rules:
+    if not cfg.reward.terms:
         return
     from rlpt.algorithms import algorithm_of
 
-    if algorithm_of(cfg).needs_correct:
-        raise ConfigError(f"algorithm {cfg.algorithm.name!r} trains on correct / incorrect samples, but reward.terms "
-                          f"has no rule term to say which are correct (only a rule verifier gives a verdict); add "
-                          f"one, e.g. {{name: acc, kind: rule, verifier: {cfg.verifier.name}, weight: 0}}")
+    if not algorithm_of(cfg).needs_correct:
+        return
+    models = [t.name for t in cfg.reward.terms if t not in cfg.reward.rules]
+    if models:  # (with only rule terms, the first gives the verdicts)
+        raise ConfigError(f"algorithm {cfg.algorithm.name!r} trains on correct / incorrect samples (the first rule "
+                          f"term's verdict), not on reward values: the model/judge terms {models} would not change "
+                          f"what it trains on; use a GRPO-family algorithm (grpo, gspo, rloo) to train on their "
+                          f"scores")
 
 
 HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)

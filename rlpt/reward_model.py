@@ -40,7 +40,14 @@ def load_reward_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
         raise ValueError(f"reward model {path}: a sequence-classification head with num_labels=1 is needed (one "
                          f"score per sequence), this one has {model.config.num_labels}")
     set_padding(model, tokenizer)
-    return model.eval(), tokenizer
+    return model.to(device()).eval(), tokenizer
+
+
+def device() -> str:
+    """cuda when this process sees a GPU (a Ray actor with num_gpus > 0 sees the ones it reserved), else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def set_padding(model: Any, tokenizer: Any) -> None:
@@ -58,8 +65,9 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> tuple["torch.Tensor", "torch
 
 
 def rewards_of(model: Any, input_ids_B_T: "torch.Tensor", attention_mask_B_T: "torch.Tensor") -> "torch.Tensor":
-    """[B] scores (the one-label head's logit at each row's last token)."""
-    return model(input_ids=input_ids_B_T, attention_mask=attention_mask_B_T).logits[:, 0]
+    """[B] scores (the one-label head's logit at each row's last token), computed where the model is."""
+    at = model.device
+    return model(input_ids=input_ids_B_T.to(at), attention_mask=attention_mask_B_T.to(at)).logits[:, 0]
 
 
 def score_items(model: Any, tokenizer: Any, items: Sequence[VerifyItem], batch_size: int, max_len: int,

@@ -6,14 +6,15 @@ rollout is correct (it adds 0 otherwise). Every term's own value is kept (`Score
 said. A term that failed on a rollout takes its `error_reward` as value and the rollout is an error row: its `error`
 is the first failing term's (unchanged, so `verifier/errors/<kind>` counts it) and `info["errors"]` names every
 failing term. `correct` is the first rule term's verdict (None without a rule term: a model score is not a
-verdict).
+verdict); a row whose verdict failed is marked `info["verdict_error"]`, so it counts as not correct, while a
+failed model score on a row without a rule term leaves correctness unknown.
 
 The pools that score each term are services here (anything with `score_items`); actors/launch.py builds them.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Mapping, Protocol, Sequence
 
 from rlpt.config import RewardTerm, RuleTerm
@@ -44,6 +45,8 @@ def compose_one(terms: Sequence[RewardTerm], verdicts: Mapping[str, Verdict]) ->
     info: dict[str, Any] = {t.name: dict(verdicts[t.name][2]) for t in terms if verdicts[t.name][2]}
     if errors:
         info["errors"] = errors
+    if rules and rules[0] in errors:  # the verdict itself failed: the row counts as not correct (correct_frac)
+        info["verdict_error"] = True
     return (reward, correct, info, next(iter(errors.values()), None)), values
 
 
@@ -76,6 +79,9 @@ class ComposedReward:
             return []
         items = verify_items(rollouts)
         futures = {t.name: self._threads.submit(self.pools[t.name].score_items, items) for t in self.terms}
+        # Every pool's call ends before this returns or raises: a caller tearing the actors down after an error
+        # must not find another pool still scoring (it would start a replacement that outlives the run).
+        wait(futures.values())
         return compose(self.terms, rollouts, {name: f.result() for name, f in futures.items()})
 
     def close(self) -> None:

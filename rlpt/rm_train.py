@@ -42,6 +42,17 @@ class RMTrainSettings:
     seed: int = 0
 
 
+def check_settings(s: RMTrainSettings) -> None:
+    from rlpt.errors import UsageError
+
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v, ok in (
+        ("epochs", s.epochs, s.epochs >= 1), ("batch_size", s.batch_size, s.batch_size >= 1),
+        ("max_len", s.max_len, s.max_len >= 2), ("lr", s.lr, s.lr > 0), ("holdout", s.holdout, 0 <= s.holdout < 1))
+        if not ok]
+    if bad:
+        raise UsageError(f"rm train: {', '.join(bad)}: epochs, batch size >= 1, max len >= 2, lr > 0, 0 <= holdout < 1")
+
+
 @dataclass(frozen=True)
 class Pair:
     prompt: Prompt
@@ -70,6 +81,18 @@ def _answer_text(value: Any, path: Path, row: int, column: str) -> str:
                     f"messages, got {type(value).__name__}")
 
 
+def _prompt(value: Any, path: Path, row: int) -> Prompt:
+    """A prompt cell: a string, or (TRL's conversational format) a list of {role, content} messages."""
+    uid = f"{path.name}:{row}"
+    if isinstance(value, str):
+        return Prompt(uid=uid, text=value)
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        turns = tuple((str(m.get("role", "user")), str(m["content"])) for m in value)
+        return Prompt(uid=uid, text=turns[-1][1], messages=turns)
+    raise DataError(f"{path}: row {row}: column 'prompt' must be a string or a list of {{role, content}} messages, "
+                    f"got {type(value).__name__}")
+
+
 def read_pairs(paths: Sequence[str]) -> list[Pair]:
     """Every (prompt, chosen, rejected) of the files, in file then row order; a clear error naming file, row and
     column for anything missing or malformed."""
@@ -84,10 +107,7 @@ def read_pairs(paths: Sequence[str]) -> list[Pair]:
         for row, rec in enumerate(table.select(["prompt", "chosen", "rejected"]).to_pylist()):
             if any(rec[c] is None for c in rec):
                 raise DataError(f"{path}: row {row}: empty {[c for c in rec if rec[c] is None]}")
-            prompt = rec["prompt"]
-            if not isinstance(prompt, str):
-                raise DataError(f"{path}: row {row}: column 'prompt' must be a string, got {type(prompt).__name__}")
-            pairs.append(Pair(Prompt(uid=f"{path.name}:{row}", text=prompt),
+            pairs.append(Pair(_prompt(rec["prompt"], path, row),
                               _answer_text(rec["chosen"], path, row, "chosen"),
                               _answer_text(rec["rejected"], path, row, "rejected")))
     if not pairs:
@@ -120,10 +140,11 @@ def train(s: RMTrainSettings, log: Any = print) -> list[EpochReport]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlpt.reward_model import set_padding
+    from rlpt.reward_model import device, set_padding
 
     from transformers.utils import logging as hf_logging
 
+    check_settings(s)
     out = Path(s.out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
@@ -138,6 +159,7 @@ def train(s: RMTrainSettings, log: Any = print) -> list[EpochReport]:
     tokenizer = AutoTokenizer.from_pretrained(s.model)
     model = AutoModelForSequenceClassification.from_pretrained(s.model, num_labels=1, dtype=torch.float32)
     set_padding(model, tokenizer)
+    model.to(device())  # a GPU when there is one
     pairs = read_pairs(s.pairs)
     kept = [p for p in pairs if _fits(tokenizer, p, s.max_len)]
     if len(kept) < len(pairs):

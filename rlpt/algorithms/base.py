@@ -144,7 +144,7 @@ class Algorithm:
     quota: Callable[["RlptConfig"], QuotaHooks] | None = None
     pairs: Callable[["RlptConfig"], PairHooks] | None = None
     schedule_steps: Callable[["RlptConfig"], int] | None = None  # LR horizon, when not `run_optimizer_steps`
-    # Trains on verdicts (correct / incorrect samples), not on reward values: with reward.terms it needs a rule term.
+    # Trains on verdicts (correct / incorrect samples), not on reward values: with reward.terms, rule terms only.
     needs_correct: bool = False
 
     def needs_reference(self, cfg: "RlptConfig") -> bool:

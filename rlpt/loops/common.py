@@ -121,7 +121,10 @@ def correct_frac(scored: Sequence[ScoredRollout]) -> float | None:
     >>> correct_frac([ScoredRollout(ro, 0.7, None)]) is None
     True
     """
-    known = [s for s in scored if s.correct is not None or s.error is not None]
+    # An error row lacks a verdict it should have had, unless the reward has no verdict to give: a composed
+    # reward (rlpt.rewards) marks the rows whose rule term failed.
+    known = [s for s in scored if s.correct is not None or (
+        s.error is not None and (not s.terms or s.info.get("verdict_error")))]
     return sum(1 for s in known if s.correct) / len(known) if known else None
 
 
@@ -298,8 +301,10 @@ def end_step(run: LoopRun, end: StepEnd) -> None:
     metrics.update({f"timing/{k}": 0.0 for k in ("rollout", "verify", "train", "sync")})
     metrics.update(timer.as_metrics())
     metrics["timing/step"] = time.perf_counter() - end.t0
-    if metrics["timing/step"] > 0:  # scoring that did not overlap generation (the async loop: the producer's)
-        metrics["timing/reward_wait_share"] = metrics["timing/verify"] / metrics["timing/step"]
+    sampling_s = metrics["timing/rollout"] + metrics["timing/verify"]
+    if sampling_s > 0:  # of the time taken to sample a step (the async loop: the producer's), the part spent
+        # waiting for scores after generation ended (streamed scoring hides the rest under generation)
+        metrics["timing/reward_wait_share"] = metrics["timing/verify"] / sampling_s
     rollout_s = metrics["timing/rollout"]
     if rollout_s:
         metrics["tokens/per_s"] = metrics["tokens/generated"] / rollout_s

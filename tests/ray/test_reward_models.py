@@ -138,17 +138,20 @@ def test_judge_pool_hung_judge_gives_timeout_rows_and_a_killed_judge_is_replaced
     try:
         want = pool.score_items(ITEMS)
         assert len(want) == len(ITEMS) and all(v[3] is None or v[3].startswith("unparsable: ") for v in want)
-        assert any(v[3] is None for v in want) or all(v[0] == -1.0 for v in want)
+        assert all((v[0] == -1.0) == (v[3] is not None) for v in want)  # an unparsable answer is its error_reward
 
         ray_cluster.kill(pool.workers[0], no_restart=True)
         assert pool.score_items(ITEMS) == want  # the replacement re-scored the dead judge's share: same verdicts
-        assert pool.restarts == 1
+        assert (pool.restarts, pool.timeouts) == (1, 0)
 
-        # A judge that takes longer than its per-batch timeout: its rows are timeout errors, it is replaced.
+        # Judges slower than their per-batch timeout (here a timeout no engine meets): their rows are timeout
+        # errors, they are killed and replaced, and the timeouts do not use up max_restarts.
         pool.timeout_of = lambda n: 0.001
         late = pool.score_items(ITEMS)
         assert [v[3].split(":")[0] for v in late] == ["timeout"] * len(ITEMS)
-        assert all(v[0] == -1.0 and v[1] is None for v in late) and pool.restarts == 3
+        assert all(v[0] == -1.0 and v[1] is None for v in late) and (pool.restarts, pool.timeouts) == (1, 2)
+        pool.timeout_of = lambda n: 60.0
+        assert pool.score_items(ITEMS) == want  # the replacements started before they got work
     finally:
         for w in pool.workers:
             ray_cluster.kill(w)
@@ -172,7 +175,7 @@ def test_an_async_run_composes_rule_model_and_judge_terms(ray_cluster, tiny_root
     rows = read_metrics(run_dir / "metrics.jsonl")
     for r in rows:
         for key in ("reward/acc", "reward/rm", "reward/judge", "timing/reward_wait_share",
-                    "faults/reward_judge_restarts", "reward/correct_frac"):
+                    "faults/reward_judge_restarts", "faults/reward_judge_timeouts", "reward/correct_frac"):
             assert key in r, (key, sorted(r))
     for term in ("acc", "rm", "judge"):  # a row has it when the pool scored since the last row (async: ahead)
         assert any(f"reward/{term}/rollouts_per_s" in r for r in rows), term

@@ -37,7 +37,20 @@ def test_weighted_sum_and_gating_by_hand():
     (reward, ok, info, error), _ = compose_one(terms, unknown)  # an errored gate is not "correct"
     assert reward == pytest.approx(-0.5) and ok is None
     assert error == "timeout: verifier numeric took longer than 10s"
-    assert info["errors"] == {"acc": "timeout: verifier numeric took longer than 10s"}
+    assert info["errors"] == {"acc": "timeout: verifier numeric took longer than 10s"} and info["verdict_error"]
+
+
+def test_correct_frac_of_composed_rows():
+    """A failed verdict counts as not correct; a failed model score on a reward without a rule term is no verdict."""
+    from rlpt.loops.common import correct_frac
+
+    ros = [rollout(i) for i in range(3)]
+    ok, bad = (1.0, True, {}, None), (0.0, None, {}, "timeout: x")
+    rm_ok, rm_bad = (2.0, None, {}, None), (0.0, None, {}, "too_long: 9 tokens > max_len 8")
+    with_rule = compose([ACC, RM], ros, {"acc": [ok, bad, ok], "rm": [rm_ok, rm_ok, rm_bad]})
+    assert correct_frac(with_rule) == pytest.approx(2 / 3)  # the timed-out verdict counts as not correct
+    model_only = compose([RM.model_copy(update={"gate": None})], ros, {"rm": [rm_ok, rm_bad, rm_ok]})
+    assert model_only[1].error is not None and correct_frac(model_only) is None
 
 
 def test_first_failing_term_is_the_rows_error_and_every_failure_is_named():
@@ -121,6 +134,7 @@ def test_reward_terms_from_yaml_and_their_errors(tmp_path):
         "[{name: rm, kind: model, path: /m, gate: rm2}]": "is not a rule term",
         "[{name: a, kind: rule}, {name: a, kind: rule}]": "names must be unique",
         "[{name: mean, kind: rule}]": "taken by rlpt's own reward/ metrics",
+        "[{name: errors, kind: rule}]": "taken by rlpt's own reward/ metrics or info keys",
         "[{name: j, kind: judge, path: /j, template: 'no completion {prompt}'}]": "must contain {completion}",
         "[{name: j, kind: judge, path: /j, template: '{completion}', parser: regex, pattern: 'x'}]": "needs a group",
         "[{name: x, kind: llm}]": "does not match any of the expected tags",
@@ -131,7 +145,7 @@ def test_reward_terms_from_yaml_and_their_errors(tmp_path):
             load_config(None, [f"reward.terms={value}"])
 
 
-def test_prepare_refuses_a_missing_model_dir_and_verdict_algorithms_without_a_rule(tmp_path):
+def test_prepare_refuses_a_missing_model_dir_and_model_terms_for_verdict_algorithms(tmp_path):
     from rlpt.prepare import check_reward
 
     with pytest.raises(ConfigError, match=r"reward.terms\[0\] \(rm\).path: .* is not an HF model directory"):
@@ -139,8 +153,10 @@ def test_prepare_refuses_a_missing_model_dir_and_verdict_algorithms_without_a_ru
     (tmp_path / "config.json").write_text("{}")
     check_reward(load_config(None, [f"reward.terms=[{{name: rm, kind: model, path: {tmp_path}}}]"]))
     for algo in ("nft", "rft", "dpo"):
-        with pytest.raises(ConfigError, match="has no rule term"):
+        with pytest.raises(ConfigError, match=r"the model/judge terms \['rm'\] would not change what it trains on"):
             check_reward(load_config(None, [f"algorithm.name={algo}",
                                             f"reward.terms=[{{name: rm, kind: model, path: {tmp_path}}}]"]))
-    check_reward(load_config(None, ["algorithm.name=nft", f"reward.terms=[{{name: acc, kind: rule}}, "
-                                                          f"{{name: rm, kind: model, path: {tmp_path}}}]"]))
+        with pytest.raises(ConfigError, match=r"the model/judge terms \['rm'\] would not change what it trains on"):
+            check_reward(load_config(None, [f"algorithm.name={algo}", f"reward.terms=[{{name: acc, kind: rule}}, "
+                                                                      f"{{name: rm, kind: model, path: {tmp_path}}}]"]))
+        check_reward(load_config(None, [f"algorithm.name={algo}", "reward.terms=[{name: acc, kind: rule}]"]))

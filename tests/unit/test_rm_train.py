@@ -30,8 +30,14 @@ def test_pairs_as_rlpt_and_hf_datasets_write_them(tmp_path):
                                                            {"role": "assistant", "content": "Hello!"}],
                                 "rejected": [{"role": "user", "content": "Hi?"},
                                              {"role": "assistant", "content": "go away"}]}) + "\n")
-    pairs = read_pairs([str(dpo), str(chat)])
-    assert [(p.prompt.text, p.chosen, p.rejected) for p in pairs] == [("1+1=", "2", "3"), ("Hi?", "Hello!", "go away")]
+    trl = tmp_path / "trl_conversational.jsonl"  # TRL's conversational preference format: the prompt as messages
+    trl.write_text(json.dumps({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+                               "chosen": [{"role": "assistant", "content": "4"}],
+                               "rejected": [{"role": "assistant", "content": "5"}]}) + "\n")
+    pairs = read_pairs([str(dpo), str(chat), str(trl)])
+    assert [(p.prompt.text, p.chosen, p.rejected) for p in pairs] == [
+        ("1+1=", "2", "3"), ("Hi?", "Hello!", "go away"), ("2+2?", "4", "5")]
+    assert pairs[2].prompt.messages == (("system", "Be brief."), ("user", "2+2?"))
 
 
 def test_bad_pair_files_name_the_file_row_and_column(tmp_path):
@@ -50,6 +56,8 @@ def test_bad_pair_files_name_the_file_row_and_column(tmp_path):
 
 class Linear:
     """A stand-in reward model: the score of a row is the sum of its token ids times w (hand-checkable)."""
+
+    device = "cpu"
 
     def __init__(self, w):
         self.w = w
@@ -102,3 +110,9 @@ def test_rm_train_fits_pairs_labelled_by_the_verifier_and_saves_a_loadable_model
     capsys.readouterr()
     assert main(["rm", "train", "--pairs", str(pairs), "--model", str(base), "--out", str(out)]) != 0
     assert f"{out} already exists" in capsys.readouterr().err
+
+
+def test_rm_train_refuses_bad_settings(tmp_path, capsys):
+    assert main(["rm", "train", "--pairs", "x.parquet", "--model", "m", "--out", str(tmp_path / "o"),
+                 "--epochs", "0", "--batch-size", "0"]) != 0
+    assert "--epochs 0, --batch-size 0" in capsys.readouterr().err
