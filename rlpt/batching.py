@@ -50,7 +50,9 @@ def token_rows(scored: Sequence[ScoredRollout], advantages_B: torch.Tensor, pad_
         n_prompt, n_resp = len(s.rollout.prompt.prompt_ids), len(s.rollout.response_ids_T)
         ids[b, : len(seq)] = torch.tensor(seq)
         attn[b, : len(seq)] = 1
-        mask[b, n_prompt : n_prompt + n_resp] = 1.0
+        # Observation tokens of a multi-turn trajectory are context, not actions: no loss, no advantage.
+        mask[b, n_prompt : n_prompt + n_resp] = (torch.tensor(s.rollout.loss_mask_T, dtype=torch.float32)
+                                                if s.rollout.loss_mask_T else 1.0)
         logp[b, n_prompt : n_prompt + n_resp] = torch.tensor(s.rollout.logprobs_T, dtype=torch.float32)
     adv = advantages_B.view(-1, 1).float() * mask
     positive = torch.tensor([1.0 if s.correct else 0.0 for s in scored])

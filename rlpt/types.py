@@ -52,6 +52,8 @@ class Rollout:
     policy_version: int  # the version that sampled its first (oldest) token: the staleness bound counts it
     engine: str = ""  # the rollout engine that sampled it (audits; elastic fleets)
     versions_T: tuple[int, ...] = ()  # per response token, with partial rollouts; () = all policy_version
+    # Multi-turn (rlpt.trajectory): 1 on tokens the model sampled, 0 on observation tokens; () = all sampled.
+    loss_mask_T: tuple[int, ...] = ()
 
     @property
     def newest_version(self) -> int:

@@ -35,7 +35,7 @@ def sample_to_json(s: ScoredRollout) -> dict[str, Any]:
     return {"uid": r.prompt.uid, "i": r.sample_index, "ids": list(r.response_ids_T), "lp": list(r.logprobs_T),
             "text": r.text, "finish": r.finish_reason, "v": r.policy_version, "engine": r.engine,
             "reward": s.reward, "correct": s.correct, "info": dict(s.info), "error": s.error,
-            "versions": list(r.versions_T), "terms": dict(s.terms)}
+            "versions": list(r.versions_T), "terms": dict(s.terms), "mask": list(r.loss_mask_T)}
 
 
 def sample_from_json(d: Mapping[str, Any], prompts: Mapping[str, Prompt]) -> ScoredRollout:
@@ -44,7 +44,7 @@ def sample_from_json(d: Mapping[str, Any], prompts: Mapping[str, Prompt]) -> Sco
                          f"has (did the dataset change?)")
     r = Rollout(prompts[d["uid"]], int(d["i"]), tuple(int(t) for t in d["ids"]), tuple(float(x) for x in d["lp"]),
                 str(d["text"]), str(d["finish"]), int(d["v"]), str(d["engine"]),
-                tuple(int(v) for v in d.get("versions", ())))
+                tuple(int(v) for v in d.get("versions", ())), tuple(int(m) for m in d.get("mask", ())))
     return ScoredRollout(r, float(d["reward"]), d["correct"], dict(d["info"]), d["error"],
                          {str(k): float(v) for k, v in d.get("terms", {}).items()})
 

@@ -31,6 +31,26 @@ def test_rows_masks_and_advantages():
     assert b.rollout_logprobs_B_T[1, 2].item() == pytest.approx(-0.4)
 
 
+def test_multi_turn_rows_train_only_the_models_tokens():
+    """A two-turn trajectory (model 2 tokens, observation 3, model 1) next to a one-turn rollout: observation tokens
+    get no loss, no advantage, no logprob; token-mean weights count the model's 3 + 1 tokens only."""
+    from rlpt.trajectory import Trajectory
+
+    p = Prompt(uid="a", text="a", answer="1", prompt_ids=(5, 6))
+    t = (Trajectory(p, 0).with_model_turn((7, 8), (-0.1, -0.2), 0).with_observation((30, 31, 32))
+         .with_model_turn((9,), (-0.3,), 0))
+    two = ScoredRollout(t.to_rollout("x", "stop", "e"), reward=1.0, correct=True)
+    one = scored("a", [5, 6], [7], 0.0, [-0.4])
+    b = token_rows([two, one], torch.tensor([0.5, -0.5]), pad_id=0)
+    assert b.input_ids_B_T.tolist() == [[5, 6, 7, 8, 30, 31, 32, 9], [5, 6, 7, 0, 0, 0, 0, 0]]
+    assert b.loss_mask_B_T.tolist() == [[0, 0, 1, 1, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0, 0]]
+    assert b.advantages_B_T[0].tolist() == [0, 0, 0.5, 0.5, 0, 0, 0, 0.5]
+    assert b.rollout_logprobs_B_T[0].tolist() == pytest.approx([0, 0, -0.1, -0.2, 0, 0, 0, -0.3])
+    w = aggregation_weights(b.loss_mask_B_T, "token-mean", None)
+    assert w.sum().item() == pytest.approx(1.0) and w[0, 2].item() == pytest.approx(1 / 4)
+    assert (w[0, 4:7] == 0).all()
+
+
 def test_overlong_shaping_enters_advantages():
     # max_new=4, buffer=2, penalty=1: lengths 4 -> -1.0 (L > max-buffer: (2-4)/2 = -1), 1 -> 0
     s = [scored("a", [1], [2, 3, 4, 5], 1.0), scored("a", [1], [2], 1.0)]
