@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,10 +28,14 @@ from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
 from rlpt.config import JudgeTerm, ModelTerm, RewardTerm, RlptConfig, RuleTerm
 from rlpt.loops import async_online, dpo, online, rft
+from rlpt.environments.replay import load_env_stepper
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
+from rlpt.loops.multi_turn import MultiTurn
 from rlpt.metrics import truncate_metrics
+from rlpt.models import decode_completion
 from rlpt.prepare import PreparedRun, event, prepare
 from rlpt.rewards import ComposedReward
+from rlpt.trajectory import Observations
 
 LOOPS: dict[LoopKind, Callable[..., None]] = {
     LoopKind.ONLINE: online.run,
@@ -63,10 +68,17 @@ class GraphHealth:
     verifiers: VerifierPool
     reward_pools: dict[str, ScorePool]
     scalers: dict[str, PoolScaler]  # the reward pools with max_workers: resized here, once per step
+    environments: ScorePool | None = None  # multi-turn runs (environment.name)
 
     def metrics(self) -> dict[str, float]:
         out = {**self.fleet.metrics(), "faults/verifier_restarts": float(self.verifiers.restarts),
                "faults/verifier_timeouts": float(self.verifiers.timeouts), **self.fleet.pool.take_engine_metrics()}
+        if self.environments is not None:
+            items, busy_s = self.environments.take_throughput()
+            out["faults/environment_restarts"] = float(self.environments.restarts)
+            out["faults/environment_timeouts"] = float(self.environments.timeouts)
+            if items and busy_s > 0:
+                out["env/steps_per_s"] = items / busy_s
         for name, pool in self.reward_pools.items():
             items, busy_s = pool.take_throughput()
             out[f"faults/reward_{name}_restarts"] = float(pool.restarts)
@@ -85,6 +97,7 @@ class Graph:
     pool: RolloutPool
     verifier_pool: VerifierPool
     reward_pools: dict[str, ScorePool]
+    env_pool: ScorePool | None
     reference: Any | None
     sync: EngineSync
     placement_group: Any
@@ -100,6 +113,7 @@ class Graph:
     def actors(self) -> list[Any]:
         return [*self.learner_ranks, *self.pool.workers, *self.verifier_pool.workers,
                 *[w for p in self.reward_pools.values() for w in p.workers + p.pending()],
+                *([] if self.env_pool is None else self.env_pool.workers + self.env_pool.pending()),
                 *([self.reference] if self.reference else []), *self.fleet.shutdown()]
 
 
@@ -168,6 +182,17 @@ class Factories:
                                                runtime_env=placement.thread_env(self.threads)).remote(
             name, term, self.cfg.model.dtype, self.cfg.run.seed, self.log_dir)
 
+    def environment(self, name: str) -> Any:
+        """An environment actor: environments run like verifiers, in a killable child process, one step a call
+        (rlpt.environments.replay)."""
+        import ray
+
+        e = self.cfg.environment
+        assert e.name is not None
+        return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
+            name, e.name, e.timeout_s, e.error_reward, self.log_dir, partial(load_env_stepper, args=e.args),
+            "environment")
+
     def reference(self) -> Any:
         import ray
 
@@ -204,6 +229,21 @@ def reward_scalers(cfg: RlptConfig, pools: dict[str, ScorePool]) -> dict[str, Po
             for t in cfg.reward.terms if t.max_workers is not None and t.max_workers > t.num_workers}
 
 
+def environment_names(cfg: RlptConfig) -> list[str]:
+    return [f"environment-{i}" for i in range(cfg.environment.num_workers)] if cfg.environment.enabled else []
+
+
+def multi_turn(cfg: RlptConfig, prep: PreparedRun, make: Factories, actors: list[Any]
+               ) -> tuple[ScorePool | None, MultiTurn | None]:
+    """The environment pool and what the multi-turn sampler needs beside it; (None, None) for single-turn runs."""
+    if not cfg.environment.enabled:
+        return None, None
+    e, tok, eos = cfg.environment, prep.tokenizer, prep.facts.eos_ids
+    envs = ScorePool(actors, environment_names(cfg), verifier_timeout_of(e.timeout_s), e.error_reward,
+                     factory=make.environment, max_restarts=e.max_restarts, start_timeout_s=cfg.run.actor_timeout_s)
+    return envs, MultiTurn(envs, Observations(tok, e.observation_role), lambda ids: decode_completion(tok, ids, eos))
+
+
 def build_graph(cfg: RlptConfig, prep: PreparedRun,
                 request_resources: Callable[[list[dict[str, float]]], None] | None = None) -> Graph:
     """`request_resources` is how the fleet talks to the autoscaler (default: ray.autoscaler.sdk.request_resources);
@@ -224,6 +264,8 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     terms = {t.name: t for t in cfg.reward.terms}
     rnames = reward_pool_names(cfg)
     scorers = {term: [make.reward_actor(terms[term], n) for n in ns] for term, ns in rnames.items()}
+    enames = environment_names(cfg)
+    env_actors = [make.environment(n) for n in enames]
     use = algo.reference(cfg)
     reference = make.reference() if use is not ReferenceUse.NONE else None
     layout = algo.layout(cfg)
@@ -232,11 +274,11 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
     extra = [reference] if reference is not None else []
     flat_scorers = [a for term in rnames for a in scorers[term]]
     labels = ([f"learner rank {k}" for k in range(K)] + names + ["reference"] * len(extra) + vnames
-              + [n for ns in rnames.values() for n in ns])
+              + [n for ns in rnames.values() for n in ns] + enames)
     ready: dict[str, float] = {}  # each actor's seconds from its creation to ready (the start-up event shows them)
     offset = time.monotonic() - started
     calls = (setups + [a.threads.remote() for a in engines + extra]
-             + [v.ping.remote() for v in verifiers + flat_scorers])
+             + [v.ping.remote() for v in verifiers + flat_scorers + env_actors])
     got = gather("start-up", calls, labels, T, ready)
     ready = {k: v + offset for k, v in ready.items()}
     threads = {"learner": ray.get(ranks[0].threads.remote(), timeout=T),
@@ -253,11 +295,12 @@ def build_graph(cfg: RlptConfig, prep: PreparedRun,
                          max_restarts=cfg.verifier.max_restarts, error_reward=cfg.verifier.error_reward,
                          start_timeout_s=T)
     rpools = reward_pools(cfg, make, scorers)
+    epool, turns = multi_turn(cfg, prep, make, env_actors)
     workers = Workers(rollout=pool, verifier=vpool, learner=learner, sync=syncer,
-                      health=GraphHealth(fleet, vpool, rpools, reward_scalers(cfg, rpools)),
+                      health=GraphHealth(fleet, vpool, rpools, reward_scalers(cfg, rpools), epool),
                       reference=None if reference is None else RemoteReference(reference, T),
-                      reward=ComposedReward(cfg.reward.terms, rpools) if rpools else None)
-    return Graph(workers, ranks, pool, vpool, rpools, reference, syncer, pg, fleet, threads, ready, ray_s)
+                      reward=ComposedReward(cfg.reward.terms, rpools) if rpools else None, multi_turn=turns)
+    return Graph(workers, ranks, pool, vpool, rpools, epool, reference, syncer, pg, fleet, threads, ready, ray_s)
 
 
 def shutdown(graph: Graph | None) -> None:
@@ -332,6 +375,7 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
               f"{len(graph.pool.workers)} engine(s), {len(graph.verifier_pool.workers)} verifier(s)"
               f"{', a reference' if graph.reference is not None else ''}"
               f"{''.join(f', reward {n}: {len(p.workers)} actor(s)' for n, p in graph.reward_pools.items())}"
+              f"{'' if graph.env_pool is None else f', {len(graph.env_pool.workers)} environment actor(s)'}"
               f"; torch threads "
               f"{', '.join(f'{k} {v}' for k, v in graph.threads.items())}"
               f"{'; actor logs in ' + str(run_dir / 'logs') if cfg.run.log_level == 'quiet' else ''}")

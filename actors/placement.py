@@ -36,7 +36,8 @@ def needed_cpus(cfg: RlptConfig) -> int:
     an actor that cannot be scheduled would leave its gloo peers waiting)."""
     ref = 1 if algorithm_of(cfg).needs_reference(cfg) else 0
     rewards = sum(math.ceil(getattr(t, "num_cpus", 1) * (t.max_workers or t.num_workers)) for t in cfg.reward.terms)
-    return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + rewards + ref + 1
+    envs = cfg.environment.num_workers if cfg.environment.enabled else 0
+    return cfg.learner.num_ranks + cfg.fleet_bounds()[1] + cfg.verifier.num_workers + rewards + envs + ref + 1
 
 
 def init_ray(cfg: RlptConfig) -> str:

@@ -23,20 +23,20 @@ import time
 from typing import Any, Callable, Sequence
 
 from rlpt.errors import RunFault
-from rlpt.isolation import IsolatedScorer, Verdict, VerifyItem, scored, verify_items
+from rlpt.isolation import IsolatedScorer, Loader, Verdict, VerifyItem, scored, verify_items
 from rlpt.types import Rollout, ScoredRollout
 
 
 class VerifierWorker:
     """Ray actor body (wrapped with ray.remote by actors/launch.py)."""
 
-    def __init__(self, name: str, spec: str, timeout_s: float, error_reward: float, log_dir: str | None = None
-                 ) -> None:
+    def __init__(self, name: str, spec: str, timeout_s: float, error_reward: float, log_dir: str | None = None,
+                 loader: Loader | None = None, kind: str = "verifier") -> None:
         from actors.logs import redirect_output
 
         redirect_output(log_dir, name)
         self.name = name
-        self.scorer = IsolatedScorer(spec, timeout_s, error_reward)
+        self.scorer = IsolatedScorer(spec, timeout_s, error_reward, loader=loader, kind=kind)
 
     def ping(self) -> str:
         return self.name

@@ -302,6 +302,36 @@ class RewardConfig(_Section):
         return tuple(t for t in self.terms if isinstance(t, RuleTerm))
 
 
+# ----------------------------------------------------------------------------------------------- environment
+class EnvironmentConfig(_Section):
+    """Multi-turn rollouts (README, "Multi-turn rollouts"). Unset `name` (the default): one prompt -> one
+    completion, scored by the reward. Set: the model and the environment take turns; `rollout.max_new_tokens` is
+    then the whole trajectory's token budget (model turns and observations together)."""
+
+    name: str | None = Field(None, description="built-in environment (retry, python) or plug-in 'pkg.mod:Class'; "
+                                               "unset = single-turn rollouts")
+    args: dict[str, Any] = Field({}, description="keyword arguments of the environment's constructor "
+                                                 "(e.g. {max_attempts: 3} for retry)")
+    max_turns: int = Field(4, ge=1, description="model turns per trajectory at most; a trajectory that reaches it "
+                                                "ends without done (its reward: the last step's)")
+    turn_tokens: int | None = Field(None, ge=1, description="longest model turn in tokens (null = what is left of "
+                                                            "rollout.max_new_tokens)")
+    observation_role: Literal["user", "tool"] = Field("user", description="the chat-template role of observations")
+    reward: Literal["environment", "terms"] = Field("environment", description=(
+        "environment: a trajectory's reward is its last step's; terms: the final model turn is scored by the "
+        "reward terms (or the verifier), as a single-turn completion would be"))
+    num_workers: int = Field(1, ge=1, description="environment actors (each runs environments in an isolated "
+                                                  "child process)")
+    timeout_s: float = Field(10.0, gt=0, description="longest one environment step (or reset) may take; past it the "
+                                                     "trajectory ends as an error row")
+    error_reward: float = Field(0.0, description="reward of a trajectory whose environment raised, hung or crashed")
+    max_restarts: int = Field(3, ge=0, description="dead environment actors replaced per run before giving up")
+
+    @property
+    def enabled(self) -> bool:
+        return self.name is not None
+
+
 # ------------------------------------------------------------------------------------------------- algorithm
 class OverlongConfig(_Section):
     enabled: bool = Field(False, description="DAPO soft overlong punishment of completions near "
@@ -549,6 +579,7 @@ class RlptConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     verifier: VerifierConfig = VerifierConfig()
     reward: RewardConfig = RewardConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     learner: LearnerConfig = LearnerConfig()
     sync: SyncConfig = SyncConfig()

@@ -46,6 +46,9 @@ _LOAD_ERROR = "load_error"
 _REAP_S = 5.0  # how long to wait for a killed or exiting child before giving up on its exit code
 
 VerifyItem = tuple[Prompt, str]  # what a verifier sees of a rollout: its prompt and its completion text
+# How the child turns its spec into the function it calls per item; None = rlpt.verifiers.load_verifier. The
+# environment pool passes rlpt.environments.replay.load_env_stepper: its items are (prompt, model turns so far).
+Loader = Callable[[str], Callable[[Prompt, Any], Score]]
 
 
 # A verifier's result for one item, (reward, correct, info, error): a ScoredRollout without its rollout. A plain
@@ -68,14 +71,16 @@ class VerifierProcessError(RuntimeError):
     """The verifier process could not be started or kept running; the message says which verifier and why."""
 
 
-def _child_main(conn: Connection, spec: str, error_reward: float) -> None:
+def _child_main(conn: Connection, spec: str, error_reward: float, loader: Loader | None = None) -> None:
     """Entry point of the verifier process: load once, then for each batch of items (until None/EOF) send one
     (index, reward, correct, info, error) message per item as soon as it is scored."""
     os.setsid()  # own process group: the parent's killpg then also reaches whatever the verifier spawns
     try:
-        from rlpt.verifiers import load_verifier  # here, not at top level: only the child pays for it
+        if loader is None:
+            from rlpt.verifiers import load_verifier  # here, not at top level: only the child pays for it
 
-        verify = load_verifier(spec)
+            loader = load_verifier
+        verify = loader(spec)
     except BaseException as e:  # noqa: BLE001 - any load failure (even SystemExit at import) is reported
         conn.send((_LOAD_ERROR, f"{type(e).__name__}: {e}"))
         return
@@ -91,7 +96,7 @@ def _child_main(conn: Connection, spec: str, error_reward: float) -> None:
             conn.send_bytes(_verdict_message(verify, index, prompt, text, error_reward))
 
 
-def _verdict_message(verify: Callable[[Prompt, str], Score], index: int, prompt: Prompt, text: str,
+def _verdict_message(verify: Callable[[Prompt, Any], Score], index: int, prompt: Prompt, text: Any,
                      error_reward: float) -> bytes:
     """(index, reward, correct, info, error), pickled. The same verdicts as rlpt.scoring.score_rollout (a test
     holds them equal), without building a Rollout and a ScoredRollout per item (~3.5 us, most of the item's cost)."""
@@ -125,13 +130,15 @@ def _kill_group(proc: BaseProcess) -> None:
 
 
 class IsolatedScorer:
-    """Scores rollouts with `load_verifier(verifier_spec)` running in a child process, `timeout_s` per item."""
+    """Scores rollouts with `load_verifier(verifier_spec)` running in a child process, `timeout_s` per item.
+    `loader` and `kind` serve other per-item calls (the environment pool: `Loader`); `kind` names them in errors."""
 
     def __init__(self, verifier_spec: str, timeout_s: float, error_reward: float, start_method: str = "spawn",
-                 startup_timeout_s: float = 120.0, max_restarts: int = 32) -> None:
+                 startup_timeout_s: float = 120.0, max_restarts: int = 32, loader: Loader | None = None,
+                 kind: str = "verifier") -> None:
         if timeout_s <= 0 or startup_timeout_s <= 0:
             raise ValueError(f"timeout_s and startup_timeout_s must be > 0, got {timeout_s}, {startup_timeout_s}")
-        self.spec = verifier_spec
+        self.spec, self.loader, self.kind = verifier_spec, loader, kind
         self.timeout_s = timeout_s
         self.error_reward = error_reward
         self.startup_timeout_s = startup_timeout_s
@@ -147,7 +154,7 @@ class IsolatedScorer:
         """One ScoredRollout per rollout, in order; a hang or crash marks that item only."""
         return [scored(r, v) for v, r in zip(self.score_items(verify_items(rollouts)), rollouts)]
 
-    def score_items(self, items: Sequence[VerifyItem]) -> list[Verdict]:
+    def score_items(self, items: Sequence[tuple[Prompt, Any]]) -> list[Verdict]:
         """One Verdict per (prompt, completion) item, in order. The items go to the child in one message; a hang
         or crash marks the item in flight, and a fresh child gets the rest (again in one message)."""
         verdicts: list[Verdict] = []
@@ -167,12 +174,12 @@ class IsolatedScorer:
             self._stop(graceful=False)
             if len(failures) > self.max_restarts:
                 raise VerifierProcessError(
-                    f"verifier {self.spec!r} timed out or crashed on {len(failures)} of the first {len(verdicts)} "
+                    f"{self.kind} {self.spec!r} timed out or crashed on {len(failures)} of the first {len(verdicts)} "
                     f"items of a batch of {len(items)} (max_restarts={self.max_restarts}); "
-                    f"first: {failures[0]!r}. Fix the verifier or raise timeout_s / max_restarts.")
+                    f"first: {failures[0]!r}. Fix the {self.kind} or raise timeout_s / max_restarts.")
         return verdicts
 
-    def _stream(self, items: Sequence[VerifyItem], verdicts: list[Verdict]) -> str | None:
+    def _stream(self, items: Sequence[tuple[Prompt, Any]], verdicts: list[Verdict]) -> str | None:
         """Send the items not scored yet in one message and append their verdicts as the child streams them back.
         Returns None when every one came, else the error of the item the child hung or died on (the next one):
         each verdict must come within timeout_s of the previous one (of the send, for the first)."""
@@ -186,7 +193,7 @@ class IsolatedScorer:
         for index in range(len(items) - first):
             # A poll object made once per child: Connection.poll builds a selector on every call (~4 us vs ~0.5).
             if not self._poller.poll(timeout_ms):
-                return f"timeout: verifier {self.spec} took longer than {self.timeout_s}s"
+                return f"timeout: {self.kind} {self.spec} took longer than {self.timeout_s}s"
             try:
                 got, reward, correct, info, error = pickle.loads(self._conn.recv_bytes())
             except (EOFError, ConnectionResetError):
@@ -201,12 +208,12 @@ class IsolatedScorer:
         self._proc.join(_REAP_S)  # the pipe closes as the child dies; give it a moment to be reaped
         if self._proc.exitcode is None:  # closed its end of the pipe but lives on: treat as dead
             _kill_group(self._proc)
-        return f"crash: verifier process exited with code {self._proc.exitcode}"
+        return f"crash: {self.kind} process exited with code {self._proc.exitcode}"
 
     def _start(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_child_main, args=(child_conn, self.spec, self.error_reward),
-                                 name=f"rlpt-verifier:{self.spec}", daemon=True)
+        proc = self._ctx.Process(target=_child_main, args=(child_conn, self.spec, self.error_reward, self.loader),
+                                 name=f"rlpt-{self.kind}:{self.spec}", daemon=True)
         t0 = time.perf_counter()
         proc.start()
         child_conn.close()  # only the child holds its end now, so its death reads as EOF here
@@ -216,7 +223,7 @@ class IsolatedScorer:
         reason = self._await_ready()
         if reason is not None:
             self._stop(graceful=False)
-            raise VerifierProcessError(f"verifier {self.spec!r} failed to start in its worker process: {reason}")
+            raise VerifierProcessError(f"{self.kind} {self.spec!r} failed to start in its worker process: {reason}")
         self.startup_s.append(time.perf_counter() - t0)
 
     def _await_ready(self) -> str | None:

@@ -38,6 +38,7 @@ class PreparedRun:
 def inspect_run(cfg: RlptConfig) -> PreparedRun:
     check_async(cfg)
     check_reward(cfg)
+    check_environment(cfg)
     model_path = resolve_model_path(cfg)
     check_lengths(cfg, model_path)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
@@ -99,6 +100,28 @@ def check_reward(cfg: RlptConfig) -> None:
                           f"term's verdict), not on reward values: the model/judge terms {models} would not change "
                           f"what it trains on; use a GRPO-family algorithm (grpo, gspo, rloo) to train on their "
                           f"scores")
+
+
+def check_environment(cfg: RlptConfig) -> None:
+    """Multi-turn runs: the environment loads (with its args) here, before any actor starts; and they run in the
+    online loops (the round loops of RFT and DPO sample single completions)."""
+    e = cfg.environment
+    if e.name is None:
+        return
+    from rlpt.algorithms import algorithm_of
+    from rlpt.algorithms.base import LoopKind
+    from rlpt.environments.replay import EnvStepper
+
+    if algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
+        raise ConfigError(f"environment.name={e.name!r}: multi-turn rollouts run in the online loop; algorithm "
+                          f"{cfg.algorithm.name!r} here trains in rounds (use grpo, gspo, rloo, nft, or rft with "
+                          f"algorithm.rft.mode: online)")
+    try:
+        EnvStepper(e.name, e.args)
+    except TypeError as err:  # the constructor refused the args
+        raise ConfigError(f"environment.args {e.args} for {e.name!r}: {err}") from err
+    except ValueError as err:
+        raise ConfigError(f"environment {e.name!r} with args {e.args}: {err}") from err
 
 
 HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)

@@ -146,13 +146,25 @@ def _group(kind: str, group: list[dict[str, Any]]) -> dict[str, Any]:
     samples = []
     for s in sorted(group, key=lambda s: s["sample_index"]):
         sample = {k: s.get(k) for k in SAMPLE_COLUMNS}
-        sample["completion"] = _clip(sample["completion"])
+        sample["completion"] = _clip(transcript(s.get("turns")) or sample["completion"])
         # what the verifier said besides the reward (its Score.info: reward terms, the parsed answer, ...)
         sample["terms"] = json.loads(s["info"]) if s.get("info") else {}
         samples.append(sample)
     return {"kind": kind, "step": int(head["step"]), "prompt_uid": str(head["prompt_uid"]),
             "prompt": _clip(head["prompt"]), "answer": head.get("answer"),
             "mean_reward": statistics.fmean(float(s["reward"]) for s in group), "samples": samples}
+
+
+def transcript(turns: list[dict[str, str]] | None) -> str | None:
+    """A multi-turn sample's turns as one text, each turn headed by its role (rollout_log's `turns` column).
+
+    >>> print(transcript([{"role": "assistant", "text": "8"}, {"role": "observation", "text": "Wrong."}]))
+    [assistant] 8
+    [observation] Wrong.
+    >>> transcript(None) is None
+    True
+    """
+    return "\n".join(f"[{t['role']}] {t['text']}" for t in turns) if turns else None
 
 
 def _clip(text: Any) -> Any:

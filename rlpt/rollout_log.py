@@ -28,6 +28,10 @@ SCHEMA = pa.schema([
     ("learner_version", pa.int64()), ("trained", pa.bool_()),
     ("newest_version", pa.int64()),  # the version of the last token (partial rollouts; else policy_version)
     ("reward_terms", pa.map_(pa.string(), pa.float64())),  # each reward term's value (reward.terms; else null)
+    # A multi-turn trajectory turn by turn (role "assistant": a model turn, "observation": the environment's);
+    # null for single-turn samples. `completion` is then the final model turn (what a verifier reads), and `info`
+    # holds how the trajectory ended (info["trajectory"]) and its last step's info.
+    ("turns", pa.list_(pa.struct([("role", pa.string()), ("text", pa.string())]))),
 ])
 
 
@@ -40,20 +44,36 @@ def info_json(info: Mapping[str, Any]) -> str | None:
     return json.dumps(dict(info), default=str, sort_keys=True) if info else None
 
 
+def split_turns(info: Mapping[str, Any]) -> tuple[list[dict[str, str]] | None, Mapping[str, Any]]:
+    """(the `turns` column, the info without them) of a sample: the turns leave info["trajectory"] for their column.
+
+    >>> split_turns({"trajectory": {"turns": [["assistant", "8"], ["observation", "No"]], "end": "done"}, "x": 1})
+    ([{'role': 'assistant', 'text': '8'}, {'role': 'observation', 'text': 'No'}], {'trajectory': {'end': 'done'}, 'x': 1})
+    >>> split_turns({"pred": 7.0})
+    (None, {'pred': 7.0})
+    """
+    traj = info.get("trajectory")
+    if not isinstance(traj, Mapping) or "turns" not in traj:
+        return None, info
+    turns = [{"role": role, "text": text} for role, text in traj["turns"]]
+    return turns, {**info, "trajectory": {k: v for k, v in traj.items() if k != "turns"}}
+
+
 def rollout_table(step: int, scored: Sequence[ScoredRollout], learner_version: int | None = None,
                   trained: Sequence[bool] | None = None) -> pa.Table:
     marks: Sequence[bool | None] = [None] * len(scored) if trained is None else trained
+    split = [split_turns(s.info) for s in scored]
     rows = [
         {
             "step": step, "prompt_uid": s.rollout.prompt.uid, "prompt": s.rollout.prompt.text,
             "answer": s.rollout.prompt.answer, "sample_index": s.rollout.sample_index, "completion": s.rollout.text,
             "num_tokens": len(s.rollout.response_ids_T), "finish_reason": s.rollout.finish_reason,
             "reward": s.reward, "correct": s.correct, "error": s.error, "policy_version": s.rollout.policy_version,
-            "engine": s.rollout.engine, "info": info_json(s.info), "learner_version": learner_version,
+            "engine": s.rollout.engine, "info": info_json(info), "learner_version": learner_version,
             "trained": t, "newest_version": s.rollout.newest_version,
-            "reward_terms": list(s.terms.items()) if s.terms else None,
+            "reward_terms": list(s.terms.items()) if s.terms else None, "turns": turns,
         }
-        for s, t in zip(scored, marks)
+        for s, t, (turns, info) in zip(scored, marks, split)
     ]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 

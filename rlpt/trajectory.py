@@ -95,20 +95,32 @@ def turn_end(tokenizer: Any) -> str | None:
     return closed[closed.index(_MARK) + len(_MARK):]
 
 
+class Observations:
+    """Tokenizes observations for one tokenizer and role (`ids`); the template's frame is rendered once, here."""
+
+    def __init__(self, tokenizer: Any, role: str) -> None:
+        self.tokenizer, self.role = tokenizer, role
+        self.after = turn_end(tokenizer)
+        self.closed = None if self.after is None else tokenizer.apply_chat_template(_FRAME, tokenize=False)
+
+    def ids(self, observation: str, last_token: int | None) -> list[int]:
+        """The ids to append after a model turn for an observation: the end of the assistant turn the model did not
+        sample, the observation as a `role` message in the template's format, and the opening of the next
+        assistant turn. `last_token` is the model turn's last sampled id (None for an empty turn). Without a chat
+        template: the observation's own text between newlines."""
+        tok = self.tokenizer
+        if self.after is None or self.closed is None:
+            return list(tok("\n" + observation + "\n", add_special_tokens=False)["input_ids"])
+        sampled_end = "" if last_token is None else tok.decode([last_token])
+        tail = self.after[len(sampled_end):] if sampled_end and self.after.startswith(sampled_end) else self.after
+        more = tok.apply_chat_template(_FRAME + [{"role": self.role, "content": observation}], tokenize=False,
+                                       add_generation_prompt=True)
+        if not more.startswith(self.closed):
+            raise ValueError(f"the chat template does not render a {self.role!r} message after an assistant turn by "
+                             f"appending to it (it rewrites earlier turns); multi-turn needs an append-only template")
+        return list(tok(tail + more[len(self.closed):], add_special_tokens=False)["input_ids"])
+
+
 def observation_ids(tokenizer: Any, observation: str, role: str, last_token: int | None) -> list[int]:
-    """The ids to append after a model turn for an observation: the end of the assistant turn the model did not
-    sample, the observation as a `role` message in the template's format, and the opening of the next assistant
-    turn. `last_token` is the model turn's last sampled id (None for an empty turn). Without a chat template: the
-    observation's own text between newlines."""
-    after = turn_end(tokenizer)
-    if after is None:
-        return list(tokenizer("\n" + observation + "\n", add_special_tokens=False)["input_ids"])
-    sampled_end = "" if last_token is None else tokenizer.decode([last_token])
-    tail = after[len(sampled_end):] if sampled_end and after.startswith(sampled_end) else after
-    closed = tokenizer.apply_chat_template(_FRAME, tokenize=False)
-    more = tokenizer.apply_chat_template(_FRAME + [{"role": role, "content": observation}], tokenize=False,
-                                         add_generation_prompt=True)
-    if not more.startswith(closed):
-        raise ValueError(f"the chat template does not render a {role!r} message after an assistant turn by appending "
-                         f"to it (it rewrites earlier turns); multi-turn needs an append-only template")
-    return list(tokenizer(tail + more[len(closed):], add_special_tokens=False)["input_ids"])
+    """`Observations(tokenizer, role).ids(observation, last_token)`, for one observation."""
+    return Observations(tokenizer, role).ids(observation, last_token)

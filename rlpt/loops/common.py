@@ -21,6 +21,7 @@ from rlpt.config import RlptConfig
 from rlpt.types import Prompt, Rollout, SamplingSpec, ScoredRollout, SyncReport, TrainBatch
 
 if TYPE_CHECKING:
+    from rlpt.loops.multi_turn import MultiTurn
     from rlpt.metrics import MetricsWriter, PhaseTimer
 
 
@@ -78,6 +79,7 @@ class Workers(Generic[L]):
     health: HealthService
     reference: ReferenceService | None = None
     reward: VerifierService | None = None  # the training reward with reward.terms (rlpt.rewards); else the verifier
+    multi_turn: "MultiTurn | None" = None  # the environment pool and observation tokenizer (environment.name)
 
     @property
     def rewarder(self) -> VerifierService:
@@ -141,12 +143,29 @@ def term_means(scored: Sequence[ScoredRollout]) -> dict[str, float]:
     return {f"reward/{n}": sum(s.terms[n] for s in scored) / len(scored) for n in names}
 
 
+def turn_metrics(scored: Sequence[ScoredRollout]) -> dict[str, float]:
+    """Multi-turn runs (rlpt.loops.multi_turn): env/model_turns and env/observation_tokens per trajectory (means),
+    env/end/<how> the share of trajectories that ended so (done, max_turns, budget, error), and
+    env/sandbox_violations the steps whose sandbox run was stopped (python tool); {} otherwise."""
+    trajs = [(s.rollout, s.info["trajectory"]) for s in scored if "trajectory" in s.info]
+    if not trajs:
+        return {}
+    n = len(trajs)
+    out = {"env/model_turns": sum(t["model_turns"] for _, t in trajs) / n,
+           "env/observation_tokens": sum(len(r.loss_mask_T) - sum(r.loss_mask_T) for r, _ in trajs) / n,
+           "env/sandbox_violations": float(sum(t["sandbox_violations"] for _, t in trajs))}
+    for _, t in trajs:
+        out[f"env/end/{t['end']}"] = out.get(f"env/end/{t['end']}", 0.0) + 1.0 / n
+    return out
+
+
 def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> dict[str, float]:
     """Per-step sample metrics. A metric whose inputs are missing is absent, not 0: reward/std with fewer than two
     samples, reward/correct_frac when the verifier gives no correctness (rlpt.types.Score.correct is None)."""
     n = max(len(scored), 1)
     rewards = torch.tensor([s.reward for s in scored], dtype=torch.float64)
-    lengths = [len(s.rollout.response_ids_T) for s in scored]
+    # generated = sampled by the model: a multi-turn trajectory's observation tokens are not (loss_mask_T)
+    lengths = [sum(s.rollout.loss_mask_T) if s.rollout.loss_mask_T else len(s.rollout.response_ids_T) for s in scored]
     errors_by_kind: dict[str, float] = {}  # verifier/errors/<kind>: present only for kinds seen this step
     for s in scored:
         if s.error is not None:
@@ -156,6 +175,7 @@ def rollout_metrics(scored: Sequence[ScoredRollout], learner_version: int) -> di
     return {
         **errors_by_kind,
         **term_means(scored),
+        **turn_metrics(scored),
         **{k: v for k, v in known.items() if v is not None},
         "reward/mean": float(rewards.mean()) if scored else 0.0,
         "verifier/errors": float(sum(1 for s in scored if s.error is not None)),

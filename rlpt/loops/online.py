@@ -22,6 +22,7 @@ from rlpt.config import RlptConfig
 from rlpt.data import PromptCursor
 from rlpt.loops.common import LoopRun, LoopState, StepCallback, StepEnd, Workers, end_step, rollout_metrics
 from rlpt.loops.evaluation import Evaluation
+from rlpt.loops.multi_turn import multi_turn_sampler
 from rlpt.metrics import MetricsWriter, PhaseTimer
 from rlpt.types import Prompt, SamplingSpec, ScoredRollout, TrainBatch, request_seed
 
@@ -36,7 +37,10 @@ Sampler = Callable[[Sequence[Prompt], Sequence[int]], list[ScoredRollout]]  # (p
 
 
 def timed_sampler(cfg: RlptConfig, w: Workers[Any], timer: PhaseTimer) -> Sampler:
-    """Generate, then score, each timed as its phase (the synchronous loop's sampling)."""
+    """Generate, then score, each timed as its phase (the synchronous loop's sampling); multi-turn when the run
+    has an environment (rlpt.loops.multi_turn)."""
+    if w.multi_turn is not None:
+        return multi_turn_sampler(cfg, w.rollout.generate, w.multi_turn, w.rewarder, timer)
     spec = sampling_spec(cfg)
 
     def sample(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:

@@ -39,6 +39,7 @@ from rlpt.data import PromptCursor
 from rlpt.errors import RunFault
 from rlpt.loops.common import Workers
 from rlpt.loops.in_flight import StepSamples
+from rlpt.loops.multi_turn import multi_turn_sampler
 from rlpt.loops.online import Sampler, attempt_seeds, collect_groups, sampling_spec, with_reference
 from rlpt.metrics import PhaseTimer
 from rlpt.loops.segments import generate_in_segments
@@ -142,7 +143,7 @@ class Producer:
         them: the generation is done here, its scoring finishes on the verifier threads while the engines go on
         to the next step (so a slow verifier costs max(generation, verification), not their sum)."""
         timer = PhaseTimer()
-        if self.hooks.resample_tries == 0 and not self.cfg.rollout.partial_tokens:
+        if self.hooks.resample_tries == 0 and not self.cfg.rollout.partial_tokens and self.workers.multi_turn is None:
             P = self.cfg.rollout.prompts_per_step
             with self.cursor_lock:
                 taken = self.cursor.take(P)
@@ -187,7 +188,12 @@ class Producer:
 
     def sampler(self, timer: PhaseTimer) -> Sampler:
         """Generate and score one round (`_stream`); with partial rollouts, one segment per turn of the engines
-        lock (the learner's sync may come between two), then score."""
+        lock (the learner's sync may come between two), then score; multi-turn, one model turn per turn of it."""
+        if self.workers.multi_turn is not None:  # the engines are held one turn at a time: a sync may come between
+            def turn(batch: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec) -> list[Rollout]:
+                with self.engines:
+                    return self.workers.rollout.generate(batch, seeds, spec)
+            return multi_turn_sampler(self.cfg, turn, self.workers.multi_turn, self.verifier, timer)
         tokens = self.cfg.rollout.partial_tokens
         if not tokens:
             return lambda batch, seeds: self._stream(batch, seeds, timer)()
