@@ -110,6 +110,7 @@ def check_environment(cfg: RlptConfig) -> None:
         return
     from rlpt.algorithms import algorithm_of
     from rlpt.algorithms.base import LoopKind
+    from rlpt.environments import EnvironmentLoadError
     from rlpt.environments.replay import EnvStepper
 
     if algorithm_of(cfg).loop(cfg) is not LoopKind.ONLINE:
@@ -118,6 +119,8 @@ def check_environment(cfg: RlptConfig) -> None:
                           f"algorithm.rft.mode: online)")
     try:
         EnvStepper(e.name, e.args)
+    except EnvironmentLoadError:
+        raise  # its message already names the spec and what failed
     except TypeError as err:  # the constructor refused the args
         raise ConfigError(f"environment.args {e.args} for {e.name!r}: {err}") from err
     except ValueError as err:

@@ -153,3 +153,52 @@ def test_killed_engine_and_environment_actor_lose_no_trajectory(ray_cluster, tin
         assert Counter((r["prompt_uid"], r["sample_index"]) for r in here).most_common(1)[0][1] == 1
         assert all(r["error"] is None and len(r["turns"]) == 3 for r in here)
         assert all(r["turns"][1]["text"] == r["answer"] for r in here)  # each one's own digit, after any replay
+
+
+def test_sampler_on_a_chatml_model_dir_appends_template_turns_the_learner_agrees_with(ray_cluster, tmp_path):
+    """A Qwen2.5-family model directory written by transformers, with a byte-level BPE and the ChatML template (not
+    rlpt's model): the retry environment's hints enter as ChatML user turns between the model's turns, and the
+    learner's logprobs of each whole trajectory match the engine's on every model token."""
+    import json
+
+    from actors.launch import build_graph, shutdown
+    from rlpt.loops.multi_turn import multi_turn_sampler
+    from rlpt.metrics import PhaseTimer
+    from rlpt.prepare import prepare
+    from tests.ray.families import Cell, build_model_dir
+
+    model_dir = build_model_dir(Cell("qwen2.5", "byte-bpe", "chatml"), tmp_path / "model", tmp_path / "work")
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}], "answer": str(a + b)} for a in range(1, 9)
+            for b in range(1, 5)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"model.path={model_dir}", "data.task=null", f"data.path={tmp_path / 'data.jsonl'}",
+                             "data.columns.prompt=messages", f"run.root={tmp_path}", "run.name=chatml",
+                             "environment.name=retry", "environment.turn_tokens=4", "rollout.max_new_tokens=64",
+                             "rollout.samples_per_prompt=2", "algorithm.grpo.beta=0"])
+    prep = prepare(cfg, tmp_path / "chatml")
+    tok = prep.tokenizer
+    graph = build_graph(cfg, prep)
+    try:
+        sample = multi_turn_sampler(cfg, graph.pool.generate, graph.workers.multi_turn, graph.workers.rewarder,
+                                    PhaseTimer())
+        scored = sample(list(prep.prompts[:6]), [11 * i for i in range(6)])
+        two = [s for s in scored if s.info["trajectory"]["model_turns"] == 2]
+        assert len(two) >= 6  # a random model is rarely right at once
+        for s in two:
+            r = s.rollout
+            context = tok.decode(list(r.prompt.prompt_ids + r.response_ids_T), skip_special_tokens=False)
+            hint = (f"<|im_end|>\n<|im_start|>user\nWrong. Try again: {r.prompt.text}<|im_end|>\n"
+                    f"<|im_start|>assistant\n")
+            obs = [t for t, m in zip(r.response_ids_T, r.loss_mask_T) if not m]
+            first_turn = r.response_ids_T[:r.loss_mask_T.index(0)]
+            ended = first_turn[-1] == tok.convert_tokens_to_ids("<|im_end|>")  # sampled the end itself, or was cut
+            assert tok.decode(obs, skip_special_tokens=False) == (hint[len("<|im_end|>"):] if ended else hint)
+            assert context.count("<|im_start|>assistant\n") == 2 and context.endswith(tok.decode(
+                list(r.response_ids_T[len(first_turn) + len(obs):]), skip_special_tokens=False))
+            learner = graph.workers.learner.probe(list(r.prompt.prompt_ids + r.response_ids_T))
+            start = len(r.prompt.prompt_ids)
+            for i, (lp, m) in enumerate(zip(r.logprobs_T, r.loss_mask_T)):
+                if m:
+                    assert abs(learner[start + i - 1] - lp) <= cfg.sync.probe_tolerance, (r.prompt.uid, i)
+    finally:
+        shutdown(graph)
