@@ -316,6 +316,10 @@ class EnvironmentConfig(_Section):
                                                 "ends without done (its reward: the last step's)")
     turn_tokens: int | None = Field(None, ge=1, description="longest model turn in tokens (null = what is left of "
                                                             "rollout.max_new_tokens)")
+    waves: int = Field(2, ge=1, description=(
+        "the trajectories of a sampling round are split into this many waves that take turns at the engines: one "
+        "wave's environment steps run while the next wave generates (1 = the engines wait for every environment "
+        "round)"))
     observation_role: Literal["user", "tool"] = Field("user", description="the chat-template role of observations")
     reward: Literal["environment", "terms"] = Field("environment", description=(
         "environment: a trajectory's reward is its last step's; terms: the final model turn is scored by the "

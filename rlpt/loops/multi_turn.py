@@ -21,6 +21,8 @@ counts a trajectory's oldest turn, as it counts a partial rollout's oldest segme
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
@@ -78,17 +80,34 @@ def multi_turn_sampler(cfg: RlptConfig, generate: Generate, mt: MultiTurn, final
         opens = [_Open(Trajectory(p, i), s + i) for p, s in zip(batch, seeds) for i in range(r.samples_per_prompt)]
         with timer.phase("verify"):
             _env_round(mt, opens, r.max_new_tokens, e.error_reward, last=False)  # the resets
-        for turn in range(e.max_turns):
-            live = [o for o in opens if o.end is None]
-            if not live:
-                break
-            with timer.phase("rollout"):
-                _model_round(cfg, generate, mt, live, turn)
-            with timer.phase("verify"):  # the last model turn is stepped too: its step gives the reward
-                _env_round(mt, live, r.max_new_tokens, e.error_reward, last=turn + 1 == e.max_turns)
+        _turns(cfg, generate, mt, [opens[w::e.waves] for w in range(e.waves)], timer)
         with timer.phase("verify"):
             return _scored(cfg, opens, final)
     return sample
+
+
+def _turns(cfg: RlptConfig, generate: Generate, mt: MultiTurn, waves: list[list[_Open]], timer: PhaseTimer) -> None:
+    """Take turns until every trajectory has ended. The waves take turns at the engines: while one wave's
+    environment steps run (on a helper thread), the next wave generates, so with two or more waves the engines
+    do not wait for the environments (unless those are slower than a generation). `verify` times only the wait
+    for an environment round that generation did not cover."""
+    e, budget = cfg.environment, cfg.rollout.max_new_tokens
+    turns = [0] * len(waves)
+    pending: dict[int, Future[None]] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="rlpt-env") as steps:
+        for k in itertools.count():
+            w = k % len(waves)
+            if w in pending:  # this wave's previous environment round: its trajectories' next turns need it
+                with timer.phase("verify"):
+                    pending.pop(w).result()
+            live = [o for o in waves[w] if o.end is None] if turns[w] < e.max_turns else []
+            if live:
+                with timer.phase("rollout"):
+                    _model_round(cfg, generate, mt, live, turns[w])
+                turns[w] += 1  # the last model turn is stepped too: its step gives the reward
+                pending[w] = steps.submit(_env_round, mt, live, budget, e.error_reward, turns[w] == e.max_turns)
+            if not pending and all(o.end is not None for wave in waves for o in wave):
+                return
 
 
 def _model_round(cfg: RlptConfig, generate: Generate, mt: MultiTurn, live: list[_Open], turn: int) -> None:

@@ -87,7 +87,7 @@ def sample(cfg, engine, envs, prompts, final=None):
 def test_retry_wrong_then_right_builds_the_exact_trajectory():
     # first answer wrong ("8"), second right ("7"): two model turns with the hint observation between them
     engine = ScriptedEngine(lambda p, ctx: "7" if "Try again" in ctx else "8")
-    out, timer = sample(cfg_with(), engine, InProcessEnvs("retry"), [prompt("a0", "3+4=", "7")])
+    out, timer = sample(cfg_with(waves=1), engine, InProcessEnvs("retry"), [prompt("a0", "3+4=", "7")])
     assert len(out) == 2 and engine.calls == [2, 2]
     s = out[0]
     obs = "\nWrong. Try again: 3+4=\n"
@@ -115,7 +115,7 @@ def test_turn_limit_and_versions_per_turn():
             return out
 
     engine = Engine(lambda p, ctx: "1")  # always wrong
-    out, _ = sample(cfg_with(max_turns=3), engine, InProcessEnvs("retry", max_attempts=5, hint="No:"),
+    out, _ = sample(cfg_with(max_turns=3, waves=1), engine, InProcessEnvs("retry", max_attempts=5, hint="No:"),
                     [prompt("a0", "3+4=", "7")])
     s = out[0]
     assert s.info["trajectory"]["end"] == "max_turns" and s.info["trajectory"]["model_turns"] == 3
@@ -142,7 +142,8 @@ def test_token_budget_cuts_a_turn_and_ends_the_trajectory():
             return out
 
     engine = Engine(script=None)
-    out, _ = sample(cfg_with(turn_tokens=50), engine, InProcessEnvs("retry", hint="No:"), [prompt("a0", "3+4=", "7")])
+    out, _ = sample(cfg_with(turn_tokens=50, waves=1), engine, InProcessEnvs("retry", hint="No:"),
+                    [prompt("a0", "3+4=", "7")])
     assert engine.specs == [40, 26]
     a, b = out
     assert [len(s.rollout.response_ids_T) for s in out] == [40, 40]
@@ -160,6 +161,42 @@ def test_token_budget_cuts_a_turn_and_ends_the_trajectory():
     assert s.error.startswith("too_long: observation of 24 tokens, 20 of the trajectory's 40 tokens left")
     assert s.info["trajectory"]["end"] == "error" and s.reward == 0.0
     assert s.rollout.response_ids_T == tuple(ord("9") for _ in range(20))  # the observation was not appended
+
+
+def test_waves_give_the_same_trajectories_and_overlap_environment_steps_with_generation():
+    """Two waves: wave 0's environment round must run while wave 1 generates. The environment of the first round
+    blocks until the engine has been called again (for the other wave); without the overlap it would wait in vain
+    and the test fails on its timeout."""
+    import threading
+
+    script = lambda p, ctx: "7" if "Try again" in ctx else "8"  # noqa: E731
+    prompts = [prompt("a0", "3+4=", "7"), prompt("a1", "1+1=", "2")]
+    one, _ = sample(cfg_with(waves=1), ScriptedEngine(script), InProcessEnvs("retry"), prompts)
+
+    called_again = threading.Event()
+
+    class Engine(ScriptedEngine):
+        def __call__(self, prompts, seeds, spec):
+            if self.calls:
+                called_again.set()
+            return super().__call__(prompts, seeds, spec)
+
+    class Envs(InProcessEnvs):
+        def __init__(self):
+            super().__init__("retry")
+            self.rounds = 0
+
+        def score_items(self, items):
+            self.rounds += 1
+            if self.rounds == 2:  # the first environment round after a model turn (1 is the resets)
+                assert called_again.wait(10), "wave 1 did not generate while wave 0's environment round ran"
+            return super().score_items(items)
+
+    engine = Engine(script)
+    two, timer = sample(cfg_with(waves=2), engine, Envs(), prompts)
+    assert engine.calls == [2, 2, 2, 2]  # 4 trajectories, 2 per wave, 2 turns each
+    key = lambda s: (s.rollout.prompt.uid, s.rollout.sample_index)  # noqa: E731
+    assert sorted(two, key=key) == sorted(one, key=key) and [key(s) for s in two] == [key(s) for s in one]
 
 
 def test_reward_from_the_terms_scores_the_final_turn():
