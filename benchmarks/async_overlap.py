@@ -119,9 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (verifier, mode) run, sync first for each verifier (the ratios are to it)."""
-    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(k, v)
+    from benchmarks.data_rows import offline_env
+
+    offline_env()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("async_overlap: needs 2 cores (the engine and the learner each get one)")
     steps = 4 if args.smoke else args.steps
@@ -146,13 +146,12 @@ def main() -> None:
     text = table(results)
     print(text)
     if not args.smoke:
-        from benchmarks.data_rows import write_section
+        from benchmarks.data_rows import write_results
 
-        cmd = f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/async_overlap.py --steps {args.steps}"
-        when = time.strftime("%Y-%m-%d")
-        write_section(args.out, HEADING, f"{HEADING}\n\n`{cmd}` ({when}; learner rank on core 0, engine on core 1, "
-                                         f"one torch thread each; medians over steps 3..{args.steps - 1})\n\n"
-                                         f"{text}\n")
+        write_results(args.out, HEADING,
+                      f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/async_overlap.py --steps {args.steps}",
+                      f"learner rank on core 0, engine on core 1, one torch thread each; medians over steps "
+                      f"3..{args.steps - 1}", text)
 
 
 if __name__ == "__main__":

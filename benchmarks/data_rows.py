@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -83,6 +84,21 @@ def main() -> None:
         section = (f"## Large prompt files (bounded memory)\n\nCommand: `.venv/bin/python benchmarks/data_rows.py "
                    f"--rows {args.rows}` ({time.strftime('%Y-%m-%d')}, this machine kind: 2 cores)\n\n{table}\n")
         write_section(Path(args.out), "## Large prompt files", section)
+
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def offline_env() -> None:
+    """What `make test` exports, for a benchmark started by hand (values already set win)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def write_results(out: Path, heading: str, cmd: str, note: str, text: str) -> None:
+    """The section `heading` of RESULTS.md: the exact command, today's date, what the figures are, the table."""
+    write_section(out, heading, f"{heading}\n\n`{cmd}` ({time.strftime('%Y-%m-%d')}; {note})\n\n{text}\n")
 
 
 def write_section(path: Path, heading: str, section: str) -> None:

@@ -102,9 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(k, v)
+    from benchmarks.data_rows import offline_env
+
+    offline_env()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     delays = {k: v for k, v in DELAYS.items() if not args.smoke or v == 0.0}
@@ -123,14 +123,12 @@ def main() -> None:
     text = table(results)
     print(text)
     if not args.smoke:
-        from benchmarks.data_rows import write_section
+        from benchmarks.data_rows import write_results
 
-        cmd = f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/multi_turn.py --rounds {args.rounds}"
-        when = time.strftime("%Y-%m-%d")
-        write_section(args.out, HEADING, f"{HEADING}\n\n`{cmd}` ({when}; 2 CPU cores, one engine, one environment "
-                                         f"actor; medians over rounds 2..{args.rounds}, waves interleaved round by "
-                                         f"round)\n\n{text}\n")
-
+        write_results(args.out, HEADING,
+                      f"flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/multi_turn.py --rounds {args.rounds}",
+                      f"2 CPU cores, one engine, one environment actor; medians over rounds 2..{args.rounds}, waves "
+                      f"interleaved round by round", text)
 
 if __name__ == "__main__":
     main()
