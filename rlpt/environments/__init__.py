@@ -25,39 +25,18 @@ EnvStep(observation='Wrong. Try again: 3+4=', reward=0.0, done=False, info={})
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
 from rlpt.environments.base import Environment, EnvFactory, EnvironmentLoadError, EnvStep
 from rlpt.environments.python_tool import PythonTool
 from rlpt.environments.retry import RetryWithFeedback
+from rlpt.plugins import import_attr
 
 ENVIRONMENTS: dict[str, EnvFactory] = {
     "retry": RetryWithFeedback,
     "python": PythonTool,
 }
-
-
-def _import_attr(spec: str) -> Any:
-    module_name, sep, attr_path = (part.strip() for part in spec.partition(":"))
-    if not sep or not module_name or not attr_path:
-        raise EnvironmentLoadError(f"environment plug-in spec {spec!r} must look like 'my_pkg.my_mod:MyEnv'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise EnvironmentLoadError(f"environment plug-in {spec!r}: cannot import module {module_name!r}: {e}") from e
-    except Exception as e:  # a SyntaxError or a crash at import time inside the user's module
-        raise EnvironmentLoadError(
-            f"environment plug-in {spec!r}: importing module {module_name!r} raised {type(e).__name__}: {e}"
-        ) from e
-    for part in attr_path.split("."):  # "mod:Outer.Inner" reaches nested attributes
-        if not hasattr(obj, part):
-            raise EnvironmentLoadError(
-                f"environment plug-in {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
-            )
-        obj = getattr(obj, part)
-    return obj
 
 
 def _check_factory(spec: str, factory: Any) -> None:
@@ -89,7 +68,7 @@ def load_environment(spec: str) -> EnvFactory:
         raise EnvironmentLoadError(
             f"unknown environment {spec!r}: use one of {sorted(ENVIRONMENTS)} or a plug-in 'my_pkg.my_mod:MyEnv'"
         )
-    factory = _import_attr(spec)
+    factory = import_attr(spec, "environment", "my_pkg.my_mod:MyEnv", EnvironmentLoadError)
     _check_factory(spec, factory)
     return factory  # type: ignore[no-any-return]
 

@@ -15,13 +15,13 @@ since it would poison every advantage in its group.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import numbers
 from typing import Any, Callable
 
 from rlpt.errors import SetupError
+from rlpt.plugins import import_attr
 from rlpt.types import Prompt, Score
 
 Verifier = Callable[[Prompt, str], Score]
@@ -29,29 +29,6 @@ Verifier = Callable[[Prompt, str], Score]
 
 class VerifierLoadError(SetupError):
     """A verifier spec could not be turned into a callable verifier; the message says which part failed."""
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name.strip() or not attr_path.strip():
-        raise VerifierLoadError(f"verifier plug-in spec {spec!r} must look like 'my_pkg.my_mod:my_fn'")
-    return module_name.strip(), attr_path.strip()
-
-
-def _resolve(spec: str, module_name: str, attr_path: str) -> Any:
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise VerifierLoadError(f"verifier plug-in {spec!r}: cannot import module {module_name!r}: {e}") from e
-    except Exception as e:  # a SyntaxError or a crash at import time inside the user's module
-        raise VerifierLoadError(
-            f"verifier plug-in {spec!r}: importing module {module_name!r} raised {type(e).__name__}: {e}"
-        ) from e
-    for part in attr_path.split("."):  # "mod:Class.method" reaches nested attributes
-        if not hasattr(obj, part):
-            raise VerifierLoadError(f"verifier plug-in {spec!r}: module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, part)
-    return obj
 
 
 def _check_signature(spec: str, fn: Callable[..., Any]) -> None:
@@ -89,8 +66,7 @@ def _to_score(spec: str, value: object) -> Score:
 
 def load_plugin(spec: str) -> Verifier:
     """Import `spec` ("pkg.mod:fn"), check it, and return a verifier that always returns a Score."""
-    module_name, attr_path = _split_spec(spec)
-    fn = _resolve(spec, module_name, attr_path)
+    fn = import_attr(spec, "verifier", "my_pkg.my_mod:my_fn", VerifierLoadError)
     if not callable(fn):
         raise VerifierLoadError(f"verifier plug-in {spec!r} is a {type(fn).__name__}, not a callable")
     _check_signature(spec, fn)
