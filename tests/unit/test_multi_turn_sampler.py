@@ -258,3 +258,25 @@ def test_python_tool_sandbox_violation_is_seen_by_the_model_and_counted():
     assert "[sandbox" in obs
     assert rollout_metrics(out, 0)["env/sandbox_violations"] == 1.0
     del cfg
+
+
+def test_rollouts_file_and_report_show_trajectories_turn_by_turn(tmp_path):
+    import json
+
+    from rlpt.report import _group
+    from rlpt.rollout_log import read_rollouts, write_rollouts
+
+    engine = ScriptedEngine(lambda p, ctx: "7" if "Try again" in ctx else "8")
+    out, _ = sample(cfg_with(), engine, InProcessEnvs("retry"), [prompt("a0", "3+4=", "7")])
+    single = ScoredRollout(Rollout(prompt("b0", "1+1=", "2"), 0, (50,), (-0.1,), "2", "stop", 0), 1.0, True)
+    write_rollouts(tmp_path, 3, [*out, single])
+    rows = read_rollouts(tmp_path).to_pylist()
+    assert rows[0]["turns"] == [{"role": "assistant", "text": "8"},
+                                {"role": "observation", "text": "Wrong. Try again: 3+4="},
+                                {"role": "assistant", "text": "7"}]
+    assert rows[0]["completion"] == "7" and rows[2]["turns"] is None
+    info = json.loads(rows[0]["info"])  # how it ended stays in info; the turns live in their column only
+    assert info["trajectory"]["end"] == "done" and "turns" not in info["trajectory"]
+    shown = _group("best", rows[:2])["samples"][0]["completion"]
+    assert shown == "[assistant] 8\n[observation] Wrong. Try again: 3+4=\n[assistant] 7"
+    assert _group("best", rows[2:])["samples"][0]["completion"] == "2"
