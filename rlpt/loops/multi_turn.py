@@ -72,21 +72,26 @@ def turn_seed(seed: int, turn: int) -> int:
 
 
 def multi_turn_sampler(cfg: RlptConfig, generate: Generate, mt: MultiTurn, final: VerifierService,
-                       timer: PhaseTimer) -> Callable[[Sequence[Prompt], Sequence[int]], list[ScoredRollout]]:
-    """The Sampler of a multi-turn run. `final` scores the final model turns when environment.reward is terms."""
+                       timer: PhaseTimer, spec: SamplingSpec | None = None
+                       ) -> Callable[[Sequence[Prompt], Sequence[int]], list[ScoredRollout]]:
+    """The Sampler of a multi-turn run. `final` scores the final model turns when environment.reward is terms.
+    `spec`: how to sample (n trajectories per prompt, temperature, ...; its max_tokens is ignored: the budget is
+    rollout.max_new_tokens); default the training's (rollout.*). Evaluation passes its greedy and sampled specs."""
     r, e = cfg.rollout, cfg.environment
+    spec = spec or SamplingSpec(n=r.samples_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                                top_p=r.top_p, top_k=r.top_k, stop=r.stop)
 
     def sample(batch: Sequence[Prompt], seeds: Sequence[int]) -> list[ScoredRollout]:
-        opens = [_Open(Trajectory(p, i), s + i) for p, s in zip(batch, seeds) for i in range(r.samples_per_prompt)]
+        opens = [_Open(Trajectory(p, i), s + i) for p, s in zip(batch, seeds) for i in range(spec.n)]
         with timer.phase("verify"):
             _env_round(mt, opens, r.max_new_tokens, e.error_reward, last=False)  # the resets
-        _turns(cfg, generate, mt, [opens[w::e.waves] for w in range(e.waves)], timer)
+        _turns(cfg, spec, generate, mt, [opens[w::e.waves] for w in range(e.waves)], timer)
         with timer.phase("verify"):
             return _scored(cfg, opens, final)
     return sample
 
 
-def _turns(cfg: RlptConfig, generate: Generate, mt: MultiTurn, waves: list[list[_Open]], timer: PhaseTimer) -> None:
+def _turns(cfg: RlptConfig, spec: SamplingSpec, generate: Generate, mt: MultiTurn, waves: list[list[_Open]], timer: PhaseTimer) -> None:
     """Take turns until every trajectory has ended. The waves take turns at the engines: while one wave's
     environment steps run (on a helper thread), the next wave generates, so with two or more waves the engines
     do not wait for the environments (unless those are slower than a generation). `verify` times only the wait
@@ -103,24 +108,22 @@ def _turns(cfg: RlptConfig, generate: Generate, mt: MultiTurn, waves: list[list[
             live = [o for o in waves[w] if o.end is None] if turns[w] < e.max_turns else []
             if live:
                 with timer.phase("rollout"):
-                    _model_round(cfg, generate, mt, live, turns[w])
+                    _model_round(cfg, spec, generate, mt, live, turns[w])
                 turns[w] += 1  # the last model turn is stepped too: its step gives the reward
                 pending[w] = steps.submit(_env_round, mt, live, budget, e.error_reward, turns[w] == e.max_turns)
             if not pending and all(o.end is not None for wave in waves for o in wave):
                 return
 
 
-def _model_round(cfg: RlptConfig, generate: Generate, mt: MultiTurn, live: list[_Open], turn: int) -> None:
+def _model_round(cfg: RlptConfig, spec: SamplingSpec, generate: Generate, mt: MultiTurn, live: list[_Open], turn: int) -> None:
     """Every open trajectory's next model turn, in one request to the fleet. A turn is cut to what is left of
     the trajectory's budget (the engine is asked for the most any of them may take: one request, not one per
     length; the kept tokens are exactly what a request for fewer would have sampled)."""
     r, e = cfg.rollout, cfg.environment
     cap = e.turn_tokens or r.max_new_tokens
     allow = [min(cap, r.max_new_tokens - len(o.traj.response_ids_T)) for o in live]
-    spec = SamplingSpec(n=1, max_tokens=max(allow), temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                        stop=r.stop)
     requests = [replace(o.traj.prompt, prompt_ids=o.traj.context_ids) for o in live]
-    outs = generate(requests, [turn_seed(o.seed, turn) for o in live], spec)
+    outs = generate(requests, [turn_seed(o.seed, turn) for o in live], replace(spec, n=1, max_tokens=max(allow)))
     if len(outs) != len(live):
         raise RuntimeError(f"multi-turn: {len(outs)} model turns back for {len(live)} trajectories")
     for o, out, n in zip(live, outs, allow):

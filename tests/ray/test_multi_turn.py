@@ -82,7 +82,8 @@ def test_grpo_learns_a_task_that_only_the_second_turn_can_solve(ray_cluster, tin
     from rlpt.rollout_log import read_rollouts
 
     blind = write_reveal_digits(tmp_path / "reveal.jsonl")
-    cfg = reveal_config(tiny_root, tmp_path / "reveal.jsonl", "reveal", "run.steps=100")
+    cfg = reveal_config(tiny_root, tmp_path / "reveal.jsonl", "reveal", "run.steps=100", "eval.holdout=32",
+                        "run.eval_every=50", "eval.samples=2")
     run_dir = tiny_root / "reveal"
     train(cfg, run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -90,6 +91,10 @@ def test_grpo_learns_a_task_that_only_the_second_turn_can_solve(ray_cluster, tin
     first, last = sum(rewards[:10]) / 10, sum(rewards[-20:]) / 20
     print(f"reveal-digit: reward first 10 steps {first:.3f}, last 20 steps {last:.3f}; blind bound {blind:.3f}")
     assert first < blind and last > blind + 0.4
+    evals = [r for r in rows if "eval/greedy_pass@1" in r]  # whole trajectories on held-out prompts, greedy
+    print("eval greedy pass@1 at steps 49, 99:", [e["eval/greedy_pass@1"] for e in evals])
+    assert [e["step"] for e in evals] == [49, 99] and evals[-1]["eval/greedy_pass@1"] > blind + 0.4
+    assert evals[-1]["eval/prompts"] == 32 and "eval/mean@2" in evals[-1]
     assert all(r["env/model_turns"] == 2.0 and r["env/end/done"] == 1.0 for r in rows)
     assert all(r["tokens/generated"] <= 2 * 256 for r in rows)  # model tokens only (2 per trajectory at most)
     table = read_rollouts(run_dir).to_pylist()
