@@ -28,7 +28,7 @@ from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import LoopKind, ReferenceUse
 from rlpt.config import JudgeTerm, ModelTerm, RewardTerm, RlptConfig, RuleTerm
 from rlpt.loops import async_online, dpo, online, rft
-from rlpt.environments.replay import load_env_stepper
+from rlpt.environments.replay import item_cost, load_env_stepper, shard_of
 from rlpt.loops.common import LoopState, StepCallback, Workers, latest_checkpoint
 from rlpt.loops.multi_turn import MultiTurn
 from rlpt.metrics import truncate_metrics
@@ -191,7 +191,7 @@ class Factories:
         assert e.name is not None
         return ray.remote(VerifierWorker).options(**placement.cpu_actor_options()).remote(
             name, e.name, e.timeout_s, e.error_reward, self.log_dir, partial(load_env_stepper, args=e.args),
-            "environment")
+            "environment", item_cost, ENV_MAX_FAILURES)
 
     def reference(self) -> Any:
         import ray
@@ -229,6 +229,12 @@ def reward_scalers(cfg: RlptConfig, pools: dict[str, ScorePool]) -> dict[str, Po
             for t in cfg.reward.terms if t.max_workers is not None and t.max_workers > t.num_workers}
 
 
+# An environment worker process that hangs or crashes on this many steps of one call gives up (VerifierProcessError,
+# the run ends): a bound, so a broken environment is not retried for hours, but far above a verifier's 32, since one
+# environment call carries a whole round (P x G trajectories).
+ENV_MAX_FAILURES = 1024
+
+
 def environment_names(cfg: RlptConfig) -> list[str]:
     return [f"environment-{i}" for i in range(cfg.environment.num_workers)] if cfg.environment.enabled else []
 
@@ -239,9 +245,11 @@ def multi_turn(cfg: RlptConfig, prep: PreparedRun, make: Factories, actors: list
     if not cfg.environment.enabled:
         return None, None
     e, tok, eos = cfg.environment, prep.tokenizer, prep.facts.eos_ids
-    envs = ScorePool(actors, environment_names(cfg), verifier_timeout_of(e.timeout_s), e.error_reward,
-                     factory=make.environment, max_restarts=e.max_restarts, start_timeout_s=cfg.run.actor_timeout_s)
-    return envs, MultiTurn(envs, Observations(tok, e.observation_role), lambda ids: decode_completion(tok, ids, eos))
+    envs = ScorePool(actors, environment_names(cfg), verifier_timeout_of(e.timeout_s * e.max_turns), e.error_reward,
+                     factory=make.environment, max_restarts=e.max_restarts, start_timeout_s=cfg.run.actor_timeout_s,
+                     shard_of=shard_of)
+    return envs, MultiTurn(envs, Observations(tok, e.observation_role, eos),
+                           lambda ids: decode_completion(tok, ids, eos))
 
 
 def build_graph(cfg: RlptConfig, prep: PreparedRun,

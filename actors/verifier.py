@@ -31,12 +31,14 @@ class VerifierWorker:
     """Ray actor body (wrapped with ray.remote by actors/launch.py)."""
 
     def __init__(self, name: str, spec: str, timeout_s: float, error_reward: float, log_dir: str | None = None,
-                 loader: Loader | None = None, kind: str = "verifier") -> None:
+                 loader: Loader | None = None, kind: str = "verifier", item_cost: Callable[[Any], int] | None = None,
+                 max_restarts: int = 32) -> None:
         from actors.logs import redirect_output
 
         redirect_output(log_dir, name)
         self.name = name
-        self.scorer = IsolatedScorer(spec, timeout_s, error_reward, loader=loader, kind=kind)
+        self.scorer = IsolatedScorer(spec, timeout_s, error_reward, loader=loader, kind=kind, item_cost=item_cost,
+                                     max_restarts=max_restarts)
 
     def ping(self) -> str:
         return self.name
@@ -65,8 +67,9 @@ class ScorePool:
 
     def __init__(self, workers: Sequence[Any], names: Sequence[str], timeout_of: Callable[[int], float],
                  error_reward: float, factory: Callable[[str], Any] | None = None, max_restarts: int = 3,
-                 start_timeout_s: float = 600.0) -> None:
+                 start_timeout_s: float = 600.0, shard_of: Callable[[Any], int] | None = None) -> None:
         self.workers, self.names = list(workers), list(names)
+        self.shard_of = shard_of
         self.timeout_of, self.error_reward = timeout_of, error_reward
         self.factory, self.max_restarts, self.start_timeout_s = factory, max_restarts, start_timeout_s
         self.restarts = 0  # replacements of dead actors (bounded by max_restarts)
@@ -101,13 +104,13 @@ class ScorePool:
         from ray.exceptions import RayActorError
 
         t0 = time.perf_counter()
-        size = math.ceil(len(items) / len(self.workers))
-        shares = [items[i:i + size] for i in range(0, len(items), size)]
-        out: list[list[Verdict] | None] = [None] * len(shares)
-        while any(o is None for o in out):
-            todo = [k for k, o in enumerate(out) if o is None]
+        plan = self._plan(items)  # worker -> the positions of its share
+        shares = {k: [items[i] for i in at] for k, at in plan.items()}
+        out: dict[int, list[Verdict]] = {}
+        timeout = self.timeout_of(max(len(share) for share in shares.values()))
+        while len(out) < len(plan):
+            todo = [k for k in plan if k not in out]
             refs = [self.workers[k].score_items.remote(shares[k]) for k in todo]
-            timeout = self.timeout_of(size)
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
             for k, ref in zip(todo, refs):
                 if ref in pending:
@@ -119,13 +122,31 @@ class ScorePool:
                     out[k] = ray.get(ref)
                 except RayActorError as e:
                     self._replace(k, e, kill=False)
-        verdicts = [v for share in out for v in share]  # type: ignore[union-attr]
+        placed: list[Verdict | None] = [None] * len(items)
+        for k, at in plan.items():
+            if len(out[k]) != len(at):
+                raise RuntimeError(f"score: {self.names[k]} returned {len(out[k])} verdicts for {len(at)} items")
+            for i, v in zip(at, out[k]):
+                placed[i] = v
+        verdicts = [v for v in placed if v is not None]
         if len(verdicts) != len(items):
             raise RuntimeError(f"score: {len(verdicts)} verdicts for {len(items)} items")
         with self._lock:
             self._items += len(items)
             self._busy_s += time.perf_counter() - t0
         return verdicts
+
+    def _plan(self, items: Sequence[Any]) -> dict[int, list[int]]:
+        """Which worker scores which items: contiguous equal shares, or with `shard_of` always the same worker for
+        the same shard (the environment pool: a trajectory's next step goes where its environment is kept)."""
+        W = len(self.workers)
+        if self.shard_of is None:
+            size = math.ceil(len(items) / W)
+            return {k: list(range(i, min(i + size, len(items)))) for k, i in enumerate(range(0, len(items), size))}
+        plan: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            plan.setdefault(self.shard_of(item) % W, []).append(i)
+        return plan
 
     @property
     def size(self) -> int:

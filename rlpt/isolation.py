@@ -131,14 +131,15 @@ def _kill_group(proc: BaseProcess) -> None:
 
 class IsolatedScorer:
     """Scores rollouts with `load_verifier(verifier_spec)` running in a child process, `timeout_s` per item.
-    `loader` and `kind` serve other per-item calls (the environment pool: `Loader`); `kind` names them in errors."""
+    `loader` and `kind` serve other per-item calls (the environment pool: `Loader`); `kind` names them in errors;
+    `item_cost(item)` multiplies an item's timeout (an environment call that may replay earlier steps)."""
 
     def __init__(self, verifier_spec: str, timeout_s: float, error_reward: float, start_method: str = "spawn",
                  startup_timeout_s: float = 120.0, max_restarts: int = 32, loader: Loader | None = None,
-                 kind: str = "verifier") -> None:
+                 kind: str = "verifier", item_cost: Callable[[Any], int] | None = None) -> None:
         if timeout_s <= 0 or startup_timeout_s <= 0:
             raise ValueError(f"timeout_s and startup_timeout_s must be > 0, got {timeout_s}, {startup_timeout_s}")
-        self.spec, self.loader, self.kind = verifier_spec, loader, kind
+        self.spec, self.loader, self.kind, self.item_cost = verifier_spec, loader, kind, item_cost
         self.timeout_s = timeout_s
         self.error_reward = error_reward
         self.startup_timeout_s = startup_timeout_s
@@ -189,11 +190,11 @@ class IsolatedScorer:
             self._conn.send(list(items[first:]))
         except (BrokenPipeError, ConnectionResetError):
             return self._crash_message()
-        timeout_ms = math.ceil(self.timeout_s * 1000)
         for index in range(len(items) - first):
+            limit_s = self.timeout_s * (1 if self.item_cost is None else self.item_cost(items[first + index]))
             # A poll object made once per child: Connection.poll builds a selector on every call (~4 us vs ~0.5).
-            if not self._poller.poll(timeout_ms):
-                return f"timeout: {self.kind} {self.spec} took longer than {self.timeout_s}s"
+            if not self._poller.poll(math.ceil(limit_s * 1000)):
+                return f"timeout: {self.kind} {self.spec} took longer than {limit_s:g}s"
             try:
                 got, reward, correct, info, error = pickle.loads(self._conn.recv_bytes())
             except (EOFError, ConnectionResetError):

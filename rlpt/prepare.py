@@ -42,6 +42,7 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
     model_path = resolve_model_path(cfg)
     check_lengths(cfg, model_path)
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
+    check_observation_format(cfg, tok)
     facts = inspect_model(model_path, tok)
     budget = run_shape(cfg, facts, tok).prompt_budget
     loaded = load_prompts(cfg.data, cfg.run.seed)
@@ -117,14 +118,35 @@ def check_environment(cfg: RlptConfig) -> None:
         raise ConfigError(f"environment.name={e.name!r}: multi-turn rollouts run in the online loop; algorithm "
                           f"{cfg.algorithm.name!r} here trains in rounds (use grpo, gspo, rloo, nft, or rft with "
                           f"algorithm.rft.mode: online)")
+    if cfg.rollout.partial_tokens:
+        raise ConfigError("rollout.partial_tokens with an environment: multi-turn rollouts already take new weights "
+                          "between turns (each turn stamped with its version); set rollout.partial_tokens: 0")
+    if cfg.reward.terms and e.reward == "environment":
+        raise ConfigError(f"reward.terms {[t.name for t in cfg.reward.terms]} would never score: "
+                          f"environment.reward is 'environment' (the last step's reward); set environment.reward: "
+                          f"terms to score the final model turn with them")
     try:
         EnvStepper(e.name, e.args)
     except EnvironmentLoadError:
         raise  # its message already names the spec and what failed
     except TypeError as err:  # the constructor refused the args
         raise ConfigError(f"environment.args {e.args} for {e.name!r}: {err}") from err
-    except ValueError as err:
-        raise ConfigError(f"environment {e.name!r} with args {e.args}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - whatever the user's constructor raises, said before any actor starts
+        raise ConfigError(f"environment {e.name!r} with args {e.args}: {type(err).__name__}: {err}") from err
+
+
+def check_observation_format(cfg: RlptConfig, tok: Any) -> None:
+    """A chat template that rewrites earlier turns, or refuses the observation role, fails here, not at the first
+    observation of the run."""
+    if not cfg.environment.enabled:
+        return
+    from rlpt.trajectory import Observations
+
+    try:
+        Observations(tok, cfg.environment.observation_role).ids("observation", None)
+    except Exception as err:  # noqa: BLE001 - a jinja TemplateError, our append-only check, ...
+        raise ConfigError(f"environment.observation_role={cfg.environment.observation_role!r}: the tokenizer's chat "
+                          f"template cannot take an observation turn: {type(err).__name__}: {err}") from err
 
 
 HOLDOUT_STREAM = 0xE7A1  # the held-out draw's own seed stream (not the training data order's)

@@ -18,7 +18,7 @@ by the token limit gets the whole end-of-turn text, so the next turn starts wher
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 from rlpt.types import Prompt, Rollout
 
@@ -98,8 +98,11 @@ def turn_end(tokenizer: Any) -> str | None:
 class Observations:
     """Tokenizes observations for one tokenizer and role (`ids`); the template's frame is rendered once, here."""
 
-    def __init__(self, tokenizer: Any, role: str) -> None:
+    def __init__(self, tokenizer: Any, role: str, end_ids: Sequence[int] = ()) -> None:
         self.tokenizer, self.role = tokenizer, role
+        # A sampled last token counts as (the start of) the template's end-of-turn text only when it is an EOS the
+        # model declares or a special token: a turn cut after a plain "<" is not "<|im_end|>" begun.
+        self.end_ids = frozenset(end_ids) | frozenset(getattr(tokenizer, "all_special_ids", ()) or ())
         self.after = turn_end(tokenizer)
         self.closed = None if self.after is None else tokenizer.apply_chat_template(_FRAME, tokenize=False)
 
@@ -111,7 +114,7 @@ class Observations:
         tok = self.tokenizer
         if self.after is None or self.closed is None:
             return list(tok("\n" + observation + "\n", add_special_tokens=False)["input_ids"])
-        sampled_end = "" if last_token is None else tok.decode([last_token])
+        sampled_end = "" if last_token is None or last_token not in self.end_ids else tok.decode([last_token])
         tail = self.after[len(sampled_end):] if sampled_end and self.after.startswith(sampled_end) else self.after
         more = tok.apply_chat_template(_FRAME + [{"role": self.role, "content": observation}], tokenize=False,
                                        add_generation_prompt=True)

@@ -64,3 +64,10 @@ class Crashes(_Misbehaves):
 class HugeObservation(_Misbehaves):
     def misbehave(self) -> EnvStep:
         return EnvStep(observation="x" * 100_000, reward=0.0, done=False)
+
+
+class ResetRaises(_Misbehaves):
+    def reset(self, prompt: Prompt) -> str | None:
+        if prompt.uid.endswith("0"):
+            raise RuntimeError("reset failed")
+        return super().reset(prompt)

@@ -20,6 +20,8 @@ class EnvStep:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.observation is not None and not isinstance(self.observation, str):
+            raise TypeError(f"EnvStep: observation is a {type(self.observation).__name__}, expected str or None")
         if self.observation is None and not self.done:
             raise ValueError("EnvStep: observation is None but done is False: the model would get no next turn")
         if not math.isfinite(self.reward):  # a NaN would poison every advantage in its group

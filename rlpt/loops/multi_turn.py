@@ -140,7 +140,7 @@ def _model_round(cfg: RlptConfig, spec: SamplingSpec, generate: Generate, mt: Mu
 def _env_round(mt: MultiTurn, live: list[_Open], budget: int, error_reward: float, last: bool) -> None:
     """Every open trajectory's environment step (its reset when it has no model turn yet), in one pool call; then
     each one ends (done, error, turn limit, budget) or gets its observation appended."""
-    verdicts = mt.envs.score_items([(o.traj.prompt, o.turns) for o in live])
+    verdicts = mt.envs.score_items([(o.traj.prompt, (o.traj.sample_index, o.turns)) for o in live])
     for o, v in zip(live, verdicts):
         o.verdict = v
         _, _, info, error = v

@@ -101,7 +101,9 @@ class Producer:
         self.next_step = max(self.ready, default=start_step - 1) + 1
         self.error: BaseException | None = None
         self.stopping = False
-        self.timeout_s = cfg.run.actor_timeout_s * (2 + self.hooks.resample_tries)
+        # a step's generation is one engine round per sampling attempt (one per model turn, multi-turn)
+        turns = cfg.environment.max_turns if cfg.environment.enabled else 1
+        self.timeout_s = cfg.run.actor_timeout_s * (2 + self.hooks.resample_tries) * turns
         self.scoring = ThreadPoolExecutor(1, thread_name_prefix="rlpt-verify")
         self.finishing = ThreadPoolExecutor(1, thread_name_prefix="rlpt-finish")  # waits on `scoring`: its own
         self.thread = threading.Thread(target=self._run, name="rlpt-producer", daemon=True)

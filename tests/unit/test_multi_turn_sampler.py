@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from rlpt.config import load_config
-from rlpt.environments.replay import EnvStepper, load_env_stepper
+from rlpt.environments.replay import EnvStepper, item_cost, load_env_stepper
 from rlpt.isolation import IsolatedScorer
 from rlpt.loops.common import rollout_metrics
 from rlpt.loops.multi_turn import MultiTurn, multi_turn_sampler, turn_seed
@@ -215,7 +215,7 @@ def test_reward_from_the_terms_scores_the_final_turn():
     assert out[0].info["judge"] == 1 and out[0].info["trajectory"]["model_turns"] == 2
 
 
-def test_reset_failure_is_an_error_row_without_tokens():
+def test_a_failing_first_step_is_an_error_row_that_keeps_the_model_turn():
     engine = ScriptedEngine(lambda p, ctx: "7")
     out, _ = sample(cfg_with(), engine, InProcessEnvs("tests.envs:RevealDigit"),
                     [Prompt(uid="b0", text="?", answer="3", prompt_ids=(63,))])  # no meta["question"]
@@ -224,14 +224,25 @@ def test_reset_failure_is_an_error_row_without_tokens():
     assert all(s.rollout.loss_mask_T == (1,) for s in out)
 
 
+def test_a_failing_reset_is_an_error_row_without_tokens_stamped_like_its_round():
+    engine = ScriptedEngine(lambda p, ctx: "7", version=4)
+    out, _ = sample(cfg_with(), engine, InProcessEnvs("tests.envs:ResetRaises"),
+                    [prompt("q0", "1+1=", "2"), prompt("q1", "1+2=", "3")])
+    bad, good = out[:2], out[2:]
+    assert all(s.error == "RuntimeError: reset failed" and s.rollout.response_ids_T == () for s in bad)
+    assert all(s.rollout.policy_version == 4 and s.info["trajectory"]["model_turns"] == 0 for s in bad)
+    assert all(s.error is None and s.reward == 1.0 for s in good) and sum(engine.calls) == 2  # only q1's
+
+
 @pytest.mark.parametrize("env,expect", [("Raises", "ValueError: environment bug"),
-                                        ("Hangs", "timeout: environment tests.envs:Hangs took longer than 2.0s"),
+                                        ("Hangs", "timeout: environment tests.envs:Hangs took longer than 2s"),
                                         ("Crashes", "crash: environment process exited with code 3"),
                                         ("HugeObservation", "too_long: observation of 100002 tokens")])
 def test_environment_faults_are_error_rows_and_the_rest_goes_on(env, expect):
     engine = ScriptedEngine(lambda p, ctx: "7")
     spec = f"tests.envs:{env}"
-    with IsolatedScorer(spec, 2.0, -1.0, loader=partial(load_env_stepper, args={}), kind="environment") as envs:
+    with IsolatedScorer(spec, 2.0, -1.0, loader=partial(load_env_stepper, args={}), kind="environment",
+                        item_cost=item_cost) as envs:
         out, _ = sample(cfg_with(**{"name": spec, "error_reward": -1.0}), engine, envs,
                         [prompt("q0", "1+1=", "2"), prompt("q1", "1+2=", "3")])
     bad, good = out[:2], out[2:]
@@ -245,7 +256,6 @@ def test_environment_faults_are_error_rows_and_the_rest_goes_on(env, expect):
 def test_python_tool_sandbox_violation_is_seen_by_the_model_and_counted():
     code = "```python\nimport time\nwhile True: pass\n```"
     engine = ScriptedEngine(lambda p, ctx: "4" if "[sandbox" in ctx else code)
-    cfg = cfg_with(**{"name": "python", "max_turns": 2})
     out, _ = sample(load_config(None, ["rollout.samples_per_prompt=1", "rollout.max_new_tokens=400",
                                        "environment.name=python", "environment.max_turns=2"]),
                     engine, InProcessEnvs("python", verifier="numeric",
@@ -257,7 +267,6 @@ def test_python_tool_sandbox_violation_is_seen_by_the_model_and_counted():
     obs = s.info["trajectory"]["turns"][1][1]
     assert "[sandbox" in obs
     assert rollout_metrics(out, 0)["env/sandbox_violations"] == 1.0
-    del cfg
 
 
 def test_rollouts_file_and_report_show_trajectories_turn_by_turn(tmp_path):
