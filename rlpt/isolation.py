@@ -194,7 +194,7 @@ class IsolatedScorer:
             limit_s = self.timeout_s * (1 if self.item_cost is None else self.item_cost(items[first + index]))
             # A poll object made once per child: Connection.poll builds a selector on every call (~4 us vs ~0.5).
             if not self._poller.poll(math.ceil(limit_s * 1000)):
-                return f"timeout: {self.kind} {self.spec} took longer than {limit_s:g}s"
+                return f"timeout: {self.kind} {self.spec} took longer than {limit_s}s"
             try:
                 got, reward, correct, info, error = pickle.loads(self._conn.recv_bytes())
             except (EOFError, ConnectionResetError):

@@ -235,7 +235,7 @@ def test_a_failing_reset_is_an_error_row_without_tokens_stamped_like_its_round()
 
 
 @pytest.mark.parametrize("env,expect", [("Raises", "ValueError: environment bug"),
-                                        ("Hangs", "timeout: environment tests.envs:Hangs took longer than 2s"),
+                                        ("Hangs", "timeout: environment tests.envs:Hangs took longer than 2.0s"),
                                         ("Crashes", "crash: environment process exited with code 3"),
                                         ("HugeObservation", "too_long: observation of 100002 tokens")])
 def test_environment_faults_are_error_rows_and_the_rest_goes_on(env, expect):
