@@ -369,7 +369,7 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         state = LoopState.read(ckpt / "loop_state.json")
     if prep is None:
         prep = prepare(cfg, run_dir)
-    check_engine_support(prep.facts.architecture)
+    check_engine_support(prep.facts.architecture, cfg.rollout.engine)
     import ray
 
     started_ray = not ray.is_initialized()

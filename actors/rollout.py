@@ -1,9 +1,10 @@
-"""Rollout workers: each owns one vLLM engine; a RolloutPool spreads prompt groups over them dynamically.
+"""Rollout workers: each owns one engine; a RolloutPool spreads prompt groups over them dynamically.
 
-`VllmEngine` is the thin adapter and the only code that imports vllm: a vLLM upgrade touches this file (and the
-worker extension) only. It runs in-process (no engine subprocess) when tensor_parallel_size == 1, which is both
-the CPU path and the single-GPU path; TP > 1 uses vLLM's multiprocess executor, the extension running in each
-TP worker.
+Engines (`rollout.engine`, the explicit `ENGINES` dict): `VllmEngine` (default) and `HfEngine` (actors/hf_engine.py,
+rlpt's own decoding loop over a transformers model, for small models). `VllmEngine` is the thin adapter and the only
+code that imports vllm: a vLLM upgrade touches this file (and the worker extension) only. It runs in-process (no
+engine subprocess) when tensor_parallel_size == 1, which is both the CPU path and the single-GPU path; TP > 1 uses
+vLLM's multiprocess executor, the extension running in each TP worker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from actors.hf_engine import HfEngine
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
 from rlpt.errors import RunFault
@@ -34,13 +36,14 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.5
     cpu_kv_cache_gib: int = 1
     logprobs_mode: str = "raw_logprobs"  # "processed_logprobs" when temperature != 1 (matches the learner's T)
+    engine: str = "vllm"  # a key of ENGINES (rollout.engine)
 
 
 def engine_options(cfg: RlptConfig, model_path: str, max_model_len: int, eos_ids: tuple[int, ...]) -> EngineOptions:
     """`max_model_len` and `eos_ids` come from the preflight (rlpt.preflight.RunShape / ModelFacts)."""
     r = cfg.rollout
     return EngineOptions(
-        model_path=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
+        engine=r.engine, model_path=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
         eos_ids=tuple(eos_ids),
         tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kv_cache_gib=r.cpu_kv_cache_gib,
@@ -70,10 +73,13 @@ def engine_architectures() -> frozenset[str] | None:
     return None
 
 
-def check_engine_support(architecture: str) -> None:
-    """A clear error, before any actor starts, for a model this vLLM build cannot run."""
+def check_engine_support(architecture: str, engine: str = "vllm") -> None:
+    """A clear error, before any actor starts, for a model this vLLM build cannot run (the hf engine runs whatever
+    transformers loads, which the preflight has done)."""
     from rlpt.preflight import PreflightError
 
+    if engine != "vllm":
+        return
     archs = engine_architectures()
     if archs is not None and architecture not in archs:
         raise PreflightError(f"the rollout engine (vLLM) has no implementation of {architecture}; it runs "
@@ -130,6 +136,9 @@ class VllmEngine:
         self.llm.reset_prefix_cache()
 
 
+ENGINES: dict[str, Callable[[EngineOptions], Any]] = {"vllm": VllmEngine, "hf": HfEngine}
+
+
 class RolloutWorker:
     """Ray actor body (wrapped with ray.remote by actors/launch.py): one engine plus its policy version."""
 
@@ -139,7 +148,7 @@ class RolloutWorker:
 
         redirect_output(log_dir, name)
         self.name, self.eos_ids = name, frozenset(opts.eos_ids)
-        self.engine = VllmEngine(opts)
+        self.engine = ENGINES[opts.engine](opts)
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.policy_version = 0
 

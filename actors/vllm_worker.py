@@ -6,7 +6,7 @@ full tensors; vLLM's loader keeps its own shard.
 
 from __future__ import annotations
 
-from actors.weight_sync import GroupSpec, WeightGroup, receive_into
+from actors.weight_sync import GroupSpec, receive_into, rejoin
 from rlpt.weights import SyncPlan
 
 
@@ -15,11 +15,8 @@ class RlptWorkerExtension:
 
     def rlpt_join_sync(self, spec: GroupSpec, rank_base: int) -> int:
         rank = rank_base + int(getattr(self, "rank", 0))
-        old = getattr(self, "_rlpt_group", None)
-        if old is not None:  # a new generation: let go of the old group's process group and shared memory first
-            old.close()
-        self._rlpt_group = None
-        self._rlpt_group = WeightGroup(spec, rank)  # noqa: SLF001 - our own attribute on the worker
+        old, self._rlpt_group = getattr(self, "_rlpt_group", None), None
+        self._rlpt_group = rejoin(old, spec, rank)  # our own attribute on the worker
         return rank
 
     def rlpt_receive(self, plan: SyncPlan, version: int) -> int:

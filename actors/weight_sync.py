@@ -34,7 +34,7 @@ from actors.shm_slot import SharedSlot
 from actors.sync_transports import TRANSPORTS, Parts, SyncGroupError, Transport, wait_keys
 from rlpt.weights import SyncPlan, unpack
 
-__all__ = ["GroupSpec", "SyncGroupError", "WeightGroup", "buffer_device", "host_store", "receive_into",
+__all__ = ["GroupSpec", "SyncGroupError", "WeightGroup", "buffer_device", "host_store", "receive_into", "rejoin",
            "resolve_backend"]
 
 
@@ -228,6 +228,13 @@ def _timed(parts: Parts, times: dict[str, float]) -> Parts:
         if part is None:
             return
         yield part
+
+
+def rejoin(old: WeightGroup | None, spec: GroupSpec, rank: int) -> WeightGroup:
+    """An engine member's group for a new generation: the old one's process group and shared memory go first."""
+    if old is not None:
+        old.close()
+    return WeightGroup(spec, rank)
 
 
 def receive_into(group: WeightGroup, plan: SyncPlan, version: int,

@@ -112,7 +112,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     except ImportError:  # no actor stack here: the engine's support is checked where the run starts
         pass
     else:
-        check_engine_support(prep.facts.architecture)
+        check_engine_support(prep.facts.architecture, cfg.rollout.engine)
     say(out, report(prep.facts, prep.shape, prep.lengths, cfg, prep.template, prep.warnings))
     say(out, "ok: the model, tokenizer, data and config fit together")
     return 0

@@ -138,7 +138,12 @@ class DataConfig(_Section):
 
 # --------------------------------------------------------------------------------------------------- rollout
 class RolloutConfig(_Section):
-    num_workers: int = Field(1, ge=1, description="rollout engines (vLLM) at the start of the run")
+    engine: Literal["vllm", "hf"] = Field("vllm", description=(
+        "vllm: vLLM (paged KV cache, continuous batching, tensor parallelism: the engine for real models); hf: "
+        "rlpt's own KV-cached decoding of the transformers model, which has almost no fixed cost per call and starts "
+        "in about a second: faster for small models and short completions, where vLLM's fixed costs are most of a "
+        "step (one device per engine, no tensor parallelism)"))
+    num_workers: int = Field(1, ge=1, description="rollout engines at the start of the run")
     prompts_per_step: int = Field(16, ge=1, description="prompts per training step (each sampled samples_per_prompt "
                                                         "times)")
     samples_per_prompt: int = Field(16, ge=1, description="G, the group size")
@@ -164,6 +169,13 @@ class RolloutConfig(_Section):
         "with max_staleness >= 1: generate in segments of this many tokens, the engines taking new weights between "
         "segments (each token stamped with the version that sampled it; the bound counts the oldest; continuation "
         "from the exact token ids); 0 = whole completions. Stop strings are matched within a segment"))
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> "RolloutConfig":
+        if self.engine == "hf" and self.tensor_parallel_size > 1:
+            raise ValueError(f"rollout.engine=hf runs each engine on one device: rollout.tensor_parallel_size must be "
+                             f"1 (got {self.tensor_parallel_size}); use rollout.engine=vllm for tensor parallelism")
+        return self
 
 
 # -------------------------------------------------------------------------------------------------- verifier

@@ -190,3 +190,16 @@ def build_model_dir(cell: Cell, out: Path, work: Path, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def chatml_arith_run(tmp_path: Path) -> list[str]:
+    """A Qwen2.5-family directory (byte-level BPE, ChatML) and 32 chat-format arithmetic rows (`messages`,
+    `answer`) under `tmp_path`: the config overrides that point a run at them."""
+    import json
+
+    model_dir = build_model_dir(Cell("qwen2.5", "byte-bpe", "chatml"), tmp_path / "model", tmp_path / "work")
+    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}], "answer": str(a + b)} for a in range(1, 9)
+            for b in range(1, 5)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [f"model.path={model_dir}", "data.task=null", f"data.path={tmp_path / 'data.jsonl'}",
+            "data.columns.prompt=messages", f"run.root={tmp_path}"]

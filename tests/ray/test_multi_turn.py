@@ -123,21 +123,14 @@ def test_sampler_on_a_chatml_model_dir_appends_template_turns_the_learner_agrees
     """A Qwen2.5-family model directory written by transformers, with a byte-level BPE and the ChatML template (not
     rlpt's model): the retry environment's hints enter as ChatML user turns between the model's turns, and the
     learner's logprobs of each whole trajectory match the engine's on every model token."""
-    import json
-
     from actors.launch import build_graph, shutdown
     from rlpt.loops.multi_turn import multi_turn_sampler
     from rlpt.metrics import PhaseTimer
     from rlpt.prepare import prepare
-    from tests.ray.families import Cell, build_model_dir
+    from tests.ray.families import chatml_arith_run
 
-    model_dir = build_model_dir(Cell("qwen2.5", "byte-bpe", "chatml"), tmp_path / "model", tmp_path / "work")
-    rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}], "answer": str(a + b)} for a in range(1, 9)
-            for b in range(1, 5)]
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config(None, [f"model.path={model_dir}", "data.task=null", f"data.path={tmp_path / 'data.jsonl'}",
-                             "data.columns.prompt=messages", f"run.root={tmp_path}", "run.name=chatml",
-                             "environment.name=retry", "environment.turn_tokens=4", "rollout.max_new_tokens=64",
+    cfg = load_config(None, [*chatml_arith_run(tmp_path), "run.name=chatml", "environment.name=retry",
+                             "environment.turn_tokens=4", "rollout.max_new_tokens=64",
                              "rollout.samples_per_prompt=2", "algorithm.grpo.beta=0"])
     prep = prepare(cfg, tmp_path / "chatml")
     tok = prep.tokenizer
