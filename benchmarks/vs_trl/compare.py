@@ -144,8 +144,8 @@ def prepare(workloads: Sequence[str], out: Path, lock: Path | None) -> Path:
     return assets
 
 
-def run_all(workloads: Sequence[str], steps: dict[str, int], rounds: int, out: Path, lock: Path | None
-            ) -> dict[str, dict[str, list[Run]]]:
+def run_all(workloads: Sequence[str], steps: dict[str, int], rounds: int, out: Path, lock: Path | None,
+            rlpt_set: Sequence[str] = ()) -> dict[str, dict[str, list[Run]]]:
     """Interleaved: for each round, each workload, both systems; the order of the two alternates by round."""
     assets = prepare(workloads, out, lock)
     runs: dict[str, dict[str, list[Run]]] = {w: {s: [] for s in SYSTEMS} for w in workloads}
@@ -153,7 +153,8 @@ def run_all(workloads: Sequence[str], steps: dict[str, int], rounds: int, out: P
         for w in workloads:
             for system in (SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]):
                 with maybe_locked(lock):
-                    run = launch(system, WORKLOADS[w], assets, steps[w], seed=r, run_dir=out / f"r{r}-{w}-{system}")
+                    run = launch(system, WORKLOADS[w], assets, steps[w], seed=r, run_dir=out / f"r{r}-{w}-{system}",
+                                 rlpt_set=rlpt_set)
                 runs[w][system].append(run)
                 fig = summarise(run)
                 print(f"[vs_trl] round {r} {w} {system}: step {fig['step s']:.3f}s, start-up {fig['startup s']:.1f}s, "
@@ -162,14 +163,19 @@ def run_all(workloads: Sequence[str], steps: dict[str, int], rounds: int, out: P
     return runs
 
 
-def write_results(path: Path, body: str) -> None:
-    """Replace the section SECTION of `path` (up to the next '## ' heading), or append it."""
+def heading_of(rlpt_set: Sequence[str]) -> str:
+    """The results section's heading: SECTION, naming the extra rlpt overrides when there are any."""
+    return SECTION if not rlpt_set else f"{SECTION}, rlpt with {' '.join(rlpt_set)}"
+
+
+def write_results(path: Path, heading: str, body: str) -> None:
+    """Replace the section under exactly `heading` in `path` (up to the next '## ' heading), or append it."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + body
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + body + ("" if end < 0 else text[end + 1:])
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
@@ -183,9 +189,9 @@ def rlpt_version() -> str:
     return f"{head.stdout.strip() or '?'}" + (f" + uncommitted changes in {n} tracked file(s)" if n else "")
 
 
-def section(tab: str, command: str, version: str) -> str:
+def section(heading: str, tab: str, command: str, version: str) -> str:
     today = datetime.date.today().isoformat()
-    return (f"{SECTION}\n\nCommand: `{command}` ({today}, this machine kind: 2 CPU cores, shared; rlpt at "
+    return (f"{heading}\n\nCommand: `{command}` ({today}, this machine kind: 2 CPU cores, shared; rlpt at "
             f"{version}, TRL 1.16.0).\n"
             f"Workloads and definitions: benchmarks/vs_trl/ (workloads.py, compare.py); README, \"Benchmark against "
             f"TRL\". rlpt / TRL > 1 means rlpt takes longer (for tok/s: generates faster).\n\n{tab}\n\n")
@@ -209,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "vs_trl")
     p.add_argument("--lock", type=Path, default=None, help="flock this file around each run (shared machines)")
     p.add_argument("--results", type=Path, default=None, help="write the table into this file's section")
+    p.add_argument("--rlpt-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra rlpt config overrides (e.g. rollout.engine=hf); the section's heading names them")
     a = p.parse_args(argv)
     steps = parse_steps(a.steps)
     version = rlpt_version()  # before the runs: what they ran
-    runs = run_all(a.workloads, steps, a.rounds, a.out, a.lock)
+    runs = run_all(a.workloads, steps, a.rounds, a.out, a.lock, a.rlpt_set)
     results = {w: {s: median_over_runs(rs) for s, rs in by_system.items()} for w, by_system in runs.items()}
     foreign = {s: statistics.median(r.foreign_cpu for by in runs.values() for r in by[s]) for s in SYSTEMS}
     tab = table(results, {w: a.rounds for w in a.workloads}, foreign)
@@ -225,8 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(tab, flush=True)
     if a.results is not None:
         command = shlex.join([".venv/bin/python", "benchmarks/vs_trl/compare.py", *(argv or sys.argv[1:])])
-        write_results(a.results, section(tab, command, version))
-        print(f"[vs_trl] wrote the section {SECTION!r} of {a.results}", flush=True)
+        heading = heading_of(a.rlpt_set)
+        write_results(a.results, heading, section(heading, tab, command, version))
+        print(f"[vs_trl] wrote the section {heading!r} of {a.results}", flush=True)
     return 0
 
 

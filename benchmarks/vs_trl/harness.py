@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -106,8 +106,10 @@ def trl_record(d: dict, t_end: float) -> StepRecord:
                       tokens=d["tokens"])
 
 
-def rlpt_command(w: Workload, assets: Path, steps: int, seed: int, run_dir: Path) -> list[str]:
-    """`rlpt train` with the workload's settings as overrides (the schema: rlpt/config.py)."""
+def rlpt_command(w: Workload, assets: Path, steps: int, seed: int, run_dir: Path, extra: Sequence[str] = ()
+                 ) -> list[str]:
+    """`rlpt train` with the workload's settings as overrides (the schema: rlpt/config.py), then `extra` ones
+    (compare.py --rlpt-set, e.g. rollout.engine=hf)."""
     d = assets / w.name
     overrides = {
         "model.path": d / "model", "data.task": "null", "data.path": d / "prompts.jsonl",
@@ -122,10 +124,11 @@ def rlpt_command(w: Workload, assets: Path, steps: int, seed: int, run_dir: Path
         "learner.ppo_epochs": 1, "model.dtype": "float32", "run.steps": steps, "run.seed": seed,
     }
     return [str(RLPT_PYTHON), "-m", "rlpt.cli", "train", "--run-dir", str(run_dir),
-            *(f"{k}={v}" for k, v in overrides.items())]
+            *(f"{k}={v}" for k, v in overrides.items()), *extra]
 
 
-def trl_command(w: Workload, assets: Path, steps: int, seed: int, run_dir: Path) -> list[str]:
+def trl_command(w: Workload, assets: Path, steps: int, seed: int, run_dir: Path, extra: Sequence[str] = ()
+                ) -> list[str]:
     return [str(TRL_PYTHON), str(HERE / "run_trl.py"), "--workload", w.name, "--assets", str(assets),
             "--steps", str(steps), "--seed", str(seed), "--out", str(run_dir / "steps.jsonl")]
 
@@ -169,8 +172,8 @@ def watch(proc: subprocess.Popen, path: Path, t0: float, parse: Callable[[dict, 
 
 
 def launch(system: str, w: Workload, assets: Path, steps: int, seed: int, run_dir: Path,
-           timeout_s: float = 3600.0) -> Run:
-    """One run, start to exit; a run that fails raises with the tail of its log."""
+           timeout_s: float = 3600.0, rlpt_set: Sequence[str] = ()) -> Run:
+    """One run, start to exit; a run that fails raises with the tail of its log. `rlpt_set`: extra rlpt overrides."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     make, parse, steps_file = ((rlpt_command, rlpt_record, run_dir / "metrics.jsonl") if system == "rlpt"
@@ -178,7 +181,7 @@ def launch(system: str, w: Workload, assets: Path, steps: int, seed: int, run_di
     log = run_dir / "console.log"
     with log.open("wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(make(w, assets, steps, seed, run_dir), cwd=REPO, env=run_env(), stdout=out,
+        proc = subprocess.Popen(make(w, assets, steps, seed, run_dir, rlpt_set), cwd=REPO, env=run_env(), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         share = CpuShare(proc.pid)
         records = watch(proc, steps_file, t0, parse, timeout_s, share)

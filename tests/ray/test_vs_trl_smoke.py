@@ -1,5 +1,5 @@
 """Smoke run of the side-by-side benchmark against TRL (benchmarks/vs_trl/): 3 steps of the tiny workload on each
-system through the real harness (assets, TRL's own venv via setup.sh, rlpt's CLI on a local Ray cluster, TRL's
+system through the real harness (rlpt with `--rlpt-set rollout.engine=hf`) (assets, TRL's own venv via setup.sh, rlpt's CLI on a local Ray cluster, TRL's
 GRPOTrainer), then the printed table must hold every expected row, with positive figures parsed from both runs.
 
 A fresh clone builds the TRL venv here first (setup.sh, ~1.5 min cold; a second call returns at once).
@@ -35,7 +35,7 @@ def parse_table(stdout: str) -> dict[str, tuple[float, float]]:
 
 def test_vs_trl_smoke(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "benchmarks" / "vs_trl" / "compare.py"), "--workloads", "tiny",
-           "--steps", "tiny=3", "--rounds", "1", "--out", str(tmp_path)]
+           "--steps", "tiny=3", "--rounds", "1", "--out", str(tmp_path), "--rlpt-set", "rollout.engine=hf"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     table = parse_table(res.stdout)
@@ -52,6 +52,7 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
             assert rlpt > -0.01 and trl > -0.01
         else:
             assert rlpt > 0 and trl > 0, f"{label}: rlpt {rlpt}, TRL {trl}"
-    # Both processes really ran their 3 steps: each wrote its per-step file.
+    # rlpt ran with the extra override (the hf engine); both processes really ran their 3 steps.
+    assert "engine: hf" in (tmp_path / "r0-tiny-rlpt" / "config.yaml").read_text()
     assert len((tmp_path / "r0-tiny-rlpt" / "metrics.jsonl").read_text().splitlines()) == 3
     assert len((tmp_path / "r0-tiny-trl" / "steps.jsonl").read_text().splitlines()) == 3
