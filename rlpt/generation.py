@@ -19,35 +19,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rlpt.types import SamplingSpec
 
-_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (multiplications wrap, as the algorithm wants)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def row_seed(seed: int, sample_index: int) -> int:
-    """A 63-bit seed for sample `sample_index` of a request seeded `seed` (splitmix64 of the pair: nearby pairs get
+    """A 64-bit seed for sample `sample_index` of a request seeded `seed` (splitmix64 of the pair: nearby pairs get
     unrelated streams).
 
     >>> row_seed(7, 0) != row_seed(7, 1) != row_seed(8, 0)
     True
     """
-    z = (seed * 0x9E3779B97F4A7C15 + sample_index + 1) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) >> 1
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed % 2**64) * np.uint64(_GOLDEN) + np.uint64(sample_index + 1)
+        return int(_splitmix64(np.array([z], dtype=np.uint64))[0])
 
 
 def uniforms(seeds: Sequence[int], steps: int) -> Tensor:
-    """[rows, steps] uniforms in [0, 1), row r from its own generator seeded `seeds[r]`."""
-    out = torch.empty(len(seeds), steps, dtype=torch.float64)
-    g = torch.Generator()
-    for r, s in enumerate(seeds):
-        g.manual_seed(s)
-        out[r] = torch.rand(steps, generator=g, dtype=torch.float64)
-    return out
+    """[rows, steps] uniforms in [0, 1): u[r, t] = splitmix64(seeds[r] + (t + 1) * golden) / 2^64 in 53 bits, a
+    counter-based stream per row (a row's draws depend on its seed only; no generator object per row)."""
+    with np.errstate(over="ignore"):
+        s = np.asarray([x % 2**64 for x in seeds], dtype=np.uint64)[:, None]
+        t = np.arange(1, steps + 1, dtype=np.uint64)[None, :]
+        z = _splitmix64(s + t * np.uint64(_GOLDEN))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
 def filtered_logits(logits_R_V: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -123,19 +130,24 @@ def generate(model: Callable[..., Any], prompt_ids: Sequence[Sequence[int]], see
     """spec.n completions of each prompt, in order: out[prompt][sample index]. `stopped(ids)` says whether a
     completion's text now holds a stop string (None: no stop strings). Every row decodes until all have ended;
     an ended row's later tokens are dropped."""
-    rows = [list(p) for p in prompt_ids for _ in range(spec.n)]
-    if not rows:
+    if not prompt_ids:
         return []
+    R = len(prompt_ids) * spec.n  # row r is sample r % n of prompt r // n
     u_R_S = uniforms([row_seed(s, i) for s in seeds for i in range(spec.n)], spec.max_tokens)
-    ids_R_W, attn_R_W = _left_padded(rows, pad_id)
-    ids_R_W, attn_R_W = ids_R_W.to(device), attn_R_W.to(device)
-    pos_R_W = (attn_R_W.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids_R_W, attention_mask=attn_R_W, position_ids=pos_R_W, use_cache=True, logits_to_keep=1)
-    done = [Sampled([], []) for _ in rows]
-    open_rows = set(range(len(rows)))
+    # The prompt is read once: prefill the P distinct prompts, then repeat each one's cache for its n samples.
+    ids_P_W, attn_P_W = _left_padded(prompt_ids, pad_id)
+    ids_P_W, attn_P_W = ids_P_W.to(device), attn_P_W.to(device)
+    pos_P_W = (attn_P_W.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids_P_W, attention_mask=attn_P_W, position_ids=pos_P_W, use_cache=True, logits_to_keep=1)
+    logits_R_V = out.logits[:, -1].repeat_interleave(spec.n, dim=0)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(spec.n)
+    attn_R_W, pos_R_W = attn_P_W.repeat_interleave(spec.n, dim=0), pos_P_W.repeat_interleave(spec.n, dim=0)
+    done = [Sampled([], []) for _ in range(R)]
+    open_rows = set(range(R))
     eos = frozenset(eos_ids)
     for t in range(spec.max_tokens):
-        next_R, logp_R = pick(out.logits[:, -1], u_R_S[:, t].to(out.logits.device), spec)
+        next_R, logp_R = pick(logits_R_V, u_R_S[:, t].to(logits_R_V.device), spec)
         ids, lps = next_R.tolist(), logp_R.tolist()
         for r in sorted(open_rows):
             s = done[r]
@@ -146,8 +158,9 @@ def generate(model: Callable[..., Any], prompt_ids: Sequence[Sequence[int]], see
                 open_rows.discard(r)
         if not open_rows or t + 1 == spec.max_tokens:
             break
-        attn_R_W = torch.cat([attn_R_W, attn_R_W.new_ones(len(rows), 1)], dim=-1)
+        attn_R_W = torch.cat([attn_R_W, attn_R_W.new_ones(R, 1)], dim=-1)
         pos_R_W = pos_R_W[:, -1:] + 1
         out = model(input_ids=next_R.unsqueeze(-1), attention_mask=attn_R_W, position_ids=pos_R_W,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    past_key_values=cache, use_cache=True)
+        logits_R_V, cache = out.logits[:, -1], out.past_key_values
     return [done[k * spec.n:(k + 1) * spec.n] for k in range(len(prompt_ids))]

@@ -14,18 +14,31 @@ from rlpt.generation import draw, filtered_logits, generate, pick, row_seed, uni
 from rlpt.types import SamplingSpec
 
 
-def test_row_seeds_are_deterministic_distinct_and_63_bit():
+def test_row_seeds_are_deterministic_distinct_and_64_bit():
     seeds = {row_seed(s, i) for s in range(50) for i in range(50)}
     assert len(seeds) == 2500
-    assert all(0 <= s < 2**63 for s in seeds)
+    assert all(0 <= s < 2**64 for s in seeds)
     assert row_seed(3, 4) == row_seed(3, 4)
 
 
-def test_each_row_draws_from_its_own_generator():
-    u = uniforms([11, 12], 3)
-    for r, s in enumerate((11, 12)):
-        expected = torch.rand(3, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-        assert torch.equal(u[r], expected)
+def splitmix64(z: int) -> int:
+    """The reference finaliser in plain Python integers."""
+    m = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_uniforms_are_a_counter_based_stream_per_row():
+    golden = 0x9E3779B97F4A7C15
+    u = uniforms([11, 2**63 + 5], 3)
+    for r, s in enumerate((11, 2**63 + 5)):
+        expected = [(splitmix64((s + (t + 1) * golden) % 2**64) >> 11) / 2**53 for t in range(3)]
+        assert u[r].tolist() == expected
+    assert torch.equal(uniforms([2**63 + 5], 3)[0], u[1])  # a row's draws depend on its seed alone
+    assert row_seed(7, 2) == splitmix64((7 * golden + 3) % 2**64)
+    big = uniforms(list(range(2000)), 5)
+    assert 0.0 <= float(big.min()) and float(big.max()) < 1.0 and abs(float(big.mean()) - 0.5) < 0.01
 
 
 def test_top_k_keeps_the_k_highest():
@@ -65,12 +78,12 @@ def test_pick_returns_the_learners_logprob_not_the_filtered_one():
 
 
 class Counter:
-    """A scripted causal LM over 10 tokens: all mass on (last token + 1) % 10."""
+    """A scripted causal LM over 10 tokens: all mass on (last token + 1) % 10 (it needs no cache)."""
 
     def __call__(self, input_ids, attention_mask, position_ids, use_cache, past_key_values=None, logits_to_keep=0):
         nxt = (input_ids[:, -1:] + 1) % 10
         logits = torch.full((*nxt.shape, 10), -30.0).scatter(-1, nxt.unsqueeze(-1), 30.0)
-        return SimpleNamespace(logits=logits, past_key_values=None)
+        return SimpleNamespace(logits=logits, past_key_values=SimpleNamespace(batch_repeat_interleave=lambda n: None))
 
 
 def test_loop_ends_rows_at_eos_stop_strings_and_length():
