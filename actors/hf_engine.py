@@ -4,8 +4,8 @@
 It has no fixed cost per call to speak of and starts in about a second, where vLLM pays tens of milliseconds per
 `generate` and ~10 s to start: the right engine for small models and short completions, where those costs are most
 of a step. It has no paged KV cache, no continuous batching and no tensor parallelism, so vLLM stays the default
-and the engine for real models. A weight sync copies the received tensors into the model's parameters (no repacking),
-so it runs at memory-copy speed.
+and the engine for real models. A weight sync copies each received tensor straight out of the transport (the shm slot:
+no private copy of the bucket first) into the parameter of that name, with no repacking.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class HfEngine:
     def receive_weights(self, plan: SyncPlan, version: int) -> None:
         if self.group is None:
             raise RuntimeError("receive_weights called before join_sync")
-        receive_into(self.group, plan, version, self._load)
+        receive_into(self.group, plan, version, self._load, borrow=True)  # _load copies each tensor out at once
 
     @torch.no_grad()
     def _load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

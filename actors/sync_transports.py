@@ -59,12 +59,15 @@ def wait_keys(store: dist.Store, keys: list[str], timeout_s: float,
 
 class Transport(Protocol):
     """How bucket bytes get from rank 0 to the members (sender: begin, put per bucket, end; member: take per
-    bucket, confirm after loading)."""
+    bucket, release it once loaded, confirm after loading). `take(borrow=True)` may hand out the transport's own
+    memory (the shm slot) for a loader that copies every tensor out before asking for the next bucket; `release`
+    gives it back."""
 
     def begin(self, plan: SyncPlan, version: int) -> None: ...
     def put(self, i: int, plan: SyncPlan, parts: Parts, version: int) -> None: ...
     def end(self, plan: SyncPlan, version: int) -> None: ...
-    def take(self, i: int, plan: SyncPlan, version: int) -> torch.Tensor: ...
+    def take(self, i: int, plan: SyncPlan, version: int, borrow: bool = False) -> torch.Tensor: ...
+    def release(self, i: int, version: int) -> None: ...
     def confirm(self, version: int) -> None: ...
     def close(self) -> None: ...
 
@@ -116,11 +119,14 @@ class BroadcastTransport:
             who = ", ".join(g.spec.labels[int(k.split("/")[2])] for k in missing)
             raise SyncGroupError(f"weight-sync v{version}: {who} did not confirm loading within {g.spec.timeout_s}s")
 
-    def take(self, i: int, plan: SyncPlan, version: int) -> torch.Tensor:
+    def take(self, i: int, plan: SyncPlan, version: int, borrow: bool = False) -> torch.Tensor:
         bucket = plan.buckets[i]
         flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=self.g.device)
         self._broadcast(flat, _what("receiving", i, plan, version))
         return flat
+
+    def release(self, i: int, version: int) -> None:
+        pass  # the member's own buffer: nothing to give back
 
     def confirm(self, version: int) -> None:
         self.g.store.set(f"done/{version}/{self.g.rank}", "1")
@@ -189,17 +195,24 @@ class ShmTransport:
     def _closed(self) -> str | None:
         return f"{self.g.spec.labels[0]} left the group" if self.g.store.check(["closed"]) else None
 
-    def take(self, i: int, plan: SyncPlan, version: int) -> torch.Tensor:
+    def take(self, i: int, plan: SyncPlan, version: int, borrow: bool = False) -> torch.Tensor:
+        """Bucket i: a copy in a pooled private buffer (the slot is released at once, so rank 0 packs the next
+        bucket while this member loads), or with `borrow` the slot itself (no copy; released after loading)."""
         g, bucket = self.g, plan.buckets[i]
         missing, why = wait_keys(g.store, [f"ready/{version}/{i}"], g.spec.timeout_s, self._closed)
         if missing:  # rank 0 is late, left (closed the group) or died (its store is gone)
             raise SyncGroupError(f"weight-sync group {g.spec.name}: {g.spec.labels[0]} did not deliver bucket "
                                  f"{i + 1}/{len(plan.buckets)} of v{version} to {g.spec.labels[g.rank]} "
                                  + (f"within {g.spec.timeout_s}s" if why is None else f"({why})"))
+        if borrow:
+            return self.slot.view(bucket)
         flat = self.pool.take(bucket)
         flat.copy_(self.slot.view(bucket))
-        g.store.set(f"freed/{version}/{i}/{g.rank}", "1")
+        self.release(i, version)
         return flat
+
+    def release(self, i: int, version: int) -> None:
+        self.g.store.set(f"freed/{version}/{i}/{self.g.rank}", "1")
 
     def confirm(self, version: int) -> None:
         self.g.store.set(f"loaded/{version}/{self.g.rank}", "1")

@@ -206,14 +206,18 @@ class WeightGroup:
         self.times["end"] = time.perf_counter() - start
 
     # -------------------------------------------------------------------------------------------- receiver
-    def receive(self, plan: SyncPlan, version: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """Members: yield (name, tensor) bucket by bucket as they arrive. Call `confirm(version)` after loading."""
+    def receive(self, plan: SyncPlan, version: int, borrow: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """Members: yield (name, tensor) bucket by bucket as they arrive. Call `confirm(version)` after loading.
+        `borrow`: the tensors may be views of the transport's memory, valid until the next one is asked for (for
+        a loader that copies each tensor out at once; it saves the member's own copy of each bucket)."""
         self.times = {"take": 0.0}
         for i, bucket in enumerate(plan.buckets):
             start = time.perf_counter()
-            flat = self.transport.take(i, plan, version)
+            flat = self.transport.take(i, plan, version, borrow)
             self.times["take"] += time.perf_counter() - start
             yield from unpack(bucket, flat)
+            if borrow:
+                self.transport.release(i, version)
 
     def confirm(self, version: int) -> None:
         self.transport.confirm(version)
@@ -238,10 +242,11 @@ def rejoin(old: WeightGroup | None, spec: GroupSpec, rank: int) -> WeightGroup:
 
 
 def receive_into(group: WeightGroup, plan: SyncPlan, version: int,
-                 load: Callable[[Iterable[tuple[str, torch.Tensor]]], None]) -> int:
-    """Stream the weights of `version` into `load` (an engine's in-place reload) and confirm. Returns #tensors."""
+                 load: Callable[[Iterable[tuple[str, torch.Tensor]]], None], borrow: bool = False) -> int:
+    """Stream the weights of `version` into `load` (an engine's in-place reload) and confirm. Returns #tensors.
+    `borrow`: `load` copies each tensor out before asking for the next (WeightGroup.receive)."""
     count = 0
-    stream = group.receive(plan, version)
+    stream = group.receive(plan, version, borrow)
     start = time.perf_counter()
 
     def counted() -> Iterator[tuple[str, torch.Tensor]]:

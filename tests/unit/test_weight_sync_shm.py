@@ -41,7 +41,8 @@ def spec(port: int, transport: str = "auto", timeout: float = 30.0) -> GroupSpec
 
 def member(port: int, rank: int, transport: str, timeout: float, versions: list[int], behaviour: str,
            out: mp.Queue) -> None:
-    """A member process: join, then per version load every tensor, holding the views (or misbehave)."""
+    """A member process: join, then per version load every tensor, holding the views (or misbehave; "borrow":
+    receive views of the transport's own memory and copy each out; "borrow-hold": the same views, kept)."""
     if behaviour == "cannot-map":
         SharedSlot.attach = staticmethod(lambda described: None)  # as if on another node
     out.put(("starting", rank))  # imports done: the rendezvous itself may now be held to a short timeout
@@ -57,9 +58,10 @@ def member(port: int, rank: int, transport: str, timeout: float, versions: list[
                         os._exit(3)
                     if behaviour == "slow" and n == 2:
                         time.sleep(timeout * 2)
-                    held.append((name, t))  # no copy: a later bucket must not overwrite these
+                    # no copy: a later bucket must not overwrite these (unless borrowed: "borrow" copies at once)
+                    held.append((name, t.clone() if behaviour == "borrow" else t))
 
-            receive_into(group, plan(), v, load)
+            receive_into(group, plan(), v, load, borrow=behaviour.startswith("borrow"))
             pool = len(group.transport.pool) if group.transport_name == "shm" else 0
             out.put(("got", rank, v, state_checksum(held), pool))
     except SyncGroupError as e:
@@ -126,6 +128,26 @@ def test_every_version_arrives_bit_identical_and_nothing_stays_in_dev_shm(transp
         close(group, procs)
         del store
     assert our_shm_files() == []
+
+
+def test_a_borrowing_loader_reads_the_slot_itself_without_a_private_copy():
+    """`borrow`: no pooled buffer; rank 0 packs bucket i + 1 only after every member loaded bucket i (the copying
+    member gets every version whole), and what it hands out really is the slot (views kept past their bucket see
+    the later buckets' bytes)."""
+    store, out, procs = start("shm", behaviours=("borrow", "borrow-hold"), versions=(1, 2))
+    group = None
+    try:
+        group = WeightGroup(spec(store.port, "shm"), 0, store=store, slot_bytes=plan().max_bucket_bytes)
+        assert {m[2] for m in messages(out, 2)} == {"shm"}
+        for v in (1, 2):
+            send(group, v)
+            got = {m[1]: m for m in messages(out, 2)}
+            want = state_checksum(weights(v).items())
+            assert (got[1][0], got[1][3], got[1][4]) == ("got", want, 0)
+            assert got[2][0] == "got" and got[2][3] != want and got[2][4] == 0
+    finally:
+        close(group, procs)
+        del store
 
 
 def test_a_member_that_dies_mid_sync_is_named_at_once_and_the_others_fail_when_rank0_leaves():
