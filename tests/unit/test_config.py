@@ -83,6 +83,15 @@ def test_exactly_one_data_source():
     assert cfg.data.path == "x.jsonl"
 
 
+def test_the_hf_engine_refuses_tensor_parallelism_and_names_both_keys():
+    with pytest.raises(ConfigError, match=r"rollout.engine=hf .* rollout.tensor_parallel_size must be 1 \(got 2\)"):
+        load_config(None, ["rollout.engine=hf", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        load_config(None, ["rollout.engine=sglang"])
+    assert load_config(None, ["rollout.engine=hf"]).rollout.engine == "hf"
+    assert load_config(None, []).rollout.engine == "vllm"
+
+
 def test_frozen_after_load():
     cfg = load_config(None)
     with pytest.raises(ValidationError):
