@@ -4,11 +4,14 @@ the recipes the way the loader does."""
 from pathlib import Path
 from typing import Annotated, Literal
 
+import pytest
 from pydantic import Field
 
 from rlpt.cli import main
 from rlpt.config import load_config
 from rlpt.config_reference import REPO, all_keys, default_text, recipe_keys, render, type_name
+
+pytestmark = pytest.mark.unit
 
 DOC = REPO / "docs" / "config.md"
 

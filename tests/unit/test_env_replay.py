@@ -10,6 +10,8 @@ from rlpt.environments.replay import EnvStepper
 from rlpt.prepare import check_environment
 from rlpt.types import Prompt
 
+pytestmark = pytest.mark.unit
+
 P = Prompt(uid="a0", text="3+4=", answer="7")
 
 

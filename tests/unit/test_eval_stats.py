@@ -7,6 +7,8 @@ import pytest
 from rlpt.eval_stats import eval_metrics, pass_at_k
 from rlpt.types import Prompt, Rollout, ScoredRollout
 
+pytestmark = pytest.mark.unit
+
 
 def s(reward: float, correct: bool | None, error: str | None = None) -> ScoredRollout:
     ro = Rollout(prompt=Prompt(uid="p", text="1+1="), sample_index=0, response_ids_T=(1,), logprobs_T=(0.0,),

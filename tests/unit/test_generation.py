@@ -13,6 +13,8 @@ from rlpt.algorithms.common import token_logprobs
 from rlpt.generation import draw, filtered_logits, generate, pick, row_seed, uniforms
 from rlpt.types import SamplingSpec
 
+pytestmark = pytest.mark.unit
+
 
 def test_row_seeds_are_deterministic_distinct_and_64_bit():
     seeds = {row_seed(s, i) for s in range(50) for i in range(50)}

@@ -17,6 +17,8 @@ from rlpt.metrics import PhaseTimer
 from rlpt.trajectory import Observations
 from rlpt.types import Prompt, Rollout, Score, ScoredRollout
 
+pytestmark = pytest.mark.unit
+
 
 class CharTok:
     """One id per character; no chat template (observations go in as "\\n" + text + "\\n")."""

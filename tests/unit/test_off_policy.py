@@ -9,6 +9,8 @@ from rlpt.algorithms.grpo import clipped_surrogate
 from rlpt.algorithms.off_policy import (CORRECTIONS, behaviour_kl, decoupled_surrogate, log_is_weights,
                                         off_policy_stats, sequence_masked, token_masked, truncated, within_bound)
 
+pytestmark = pytest.mark.unit
+
 L2 = math.log(2.0)
 
 

@@ -12,6 +12,8 @@ from rlpt.cli import main
 from rlpt.errors import UsageError
 from rlpt.plots import PANELS, load_run, plot_runs, smooth
 
+pytestmark = pytest.mark.unit
+
 STEPS = 40
 
 

@@ -4,9 +4,13 @@ The page in a real browser: tests/unit/test_report_browser.py."""
 import json
 import re
 
+import pytest
+
 from rlpt.cli import main
 from rlpt.report import Event, events, render, sample_groups, write_report
 from tests.unit.report_fixture import HOSTILE, STEPS, make_run
+
+pytestmark = pytest.mark.unit
 
 
 def test_events_come_from_counter_increases_and_per_step_flags(tmp_path):

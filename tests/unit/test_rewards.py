@@ -8,6 +8,8 @@ from rlpt.rewards import ComposedReward, compose, compose_one
 from rlpt.rollout_log import rollout_table
 from rlpt.types import Prompt, Rollout, ScoredRollout
 
+pytestmark = pytest.mark.unit
+
 ACC = RuleTerm(name="acc", weight=1.0)
 FMT = RuleTerm(name="fmt", weight=0.2, verifier="exact")
 RM = ModelTerm(name="rm", path="/m", weight=0.5, gate="acc")

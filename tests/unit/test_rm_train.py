@@ -15,6 +15,8 @@ from rlpt.models.tiny import init_tiny
 from rlpt.rm_train import read_pairs
 from rlpt.types import Prompt
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

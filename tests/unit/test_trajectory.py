@@ -8,6 +8,8 @@ from rlpt.trajectory import Trajectory, observation_ids, turn_end
 from rlpt.types import Prompt
 from tests.ray.families import TEMPLATE_TOKENS, TEMPLATES, TOKENIZERS
 
+pytestmark = pytest.mark.unit
+
 
 def test_masks_logprobs_and_versions_of_a_hand_built_trajectory():
     p = Prompt("u", "2+2=", prompt_ids=(5, 6, 7))
