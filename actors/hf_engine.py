@@ -42,7 +42,7 @@ class HfEngine:
         self.eos_ids = frozenset(opts.eos_ids)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(sorted(self.eos_ids)), 0))
-        self.params = dict(self.model.named_parameters(remove_duplicate=False))
+        self.params = {**dict(self.model.named_buffers()), **dict(self.model.named_parameters(remove_duplicate=False))}
         self.group: WeightGroup | None = None
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], spec: SamplingSpec
@@ -73,8 +73,8 @@ class HfEngine:
 
     @torch.no_grad()
     def _load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy each received tensor into the parameter of that name (tied weights share storage: the embedding's
-        copy is the head's)."""
+        """Copy each received tensor into the parameter (or persistent buffer) of that name (tied weights share
+        storage: the embedding's copy is the head's)."""
         for name, tensor in weights:
             target = self.params.get(name)
             if target is None:
