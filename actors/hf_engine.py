@@ -40,8 +40,9 @@ class HfEngine:
         self.model.requires_grad_(False)
         self.tokenizer = load_tokenizer(opts.model_path)
         self.eos_ids = frozenset(opts.eos_ids)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else next(iter(sorted(self.eos_ids)), 0))
+        pad, rows = self.tokenizer.pad_token_id, self.model.get_input_embeddings().num_embeddings
+        # padding is masked out, but its id must still index the embedding
+        self.pad_id = int(pad if pad is not None and 0 <= pad < rows else min(self.eos_ids, default=0))
         self.params = {**dict(self.model.named_buffers()), **dict(self.model.named_parameters(remove_duplicate=False))}
         self.group: WeightGroup | None = None
 
@@ -49,9 +50,13 @@ class HfEngine:
                  ) -> list[list[tuple[list[int], list[float], str]]]:
         stopped = None
         if spec.stop:
+            # Checked after every token, so a new match ends in the newest token: decode only a tail long enough
+            # for the longest stop string even at 4 tokens per character (byte-level pieces of one character).
+            window = 4 * max(len(x) for x in spec.stop) + 4
+
             def stopped(ids: list[int]) -> bool:
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                return any(s in text for s in spec.stop)
+                text = self.tokenizer.decode(ids[-window:], skip_special_tokens=True)
+                return any(x in text for x in spec.stop)
         outs = generate(self.model, prompt_ids, seeds, spec, self.eos_ids, self.pad_id, stopped, self.device)
         return [[(s.ids, s.logprobs, s.finish_reason) for s in samples] for samples in outs]
 

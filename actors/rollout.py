@@ -74,8 +74,9 @@ def engine_architectures() -> frozenset[str] | None:
 
 
 def check_engine_support(architecture: str, engine: str = "vllm") -> None:
-    """A clear error, before any actor starts, for a model this vLLM build cannot run (the hf engine runs whatever
-    transformers loads, which the preflight has done)."""
+    """A clear error, before any actor starts, for a model this vLLM build cannot run. The hf engine has no registry
+    to read: it runs transformers' own model class (tested on Llama, Qwen2 and Mistral families; recurrent and
+    linear-attention hybrids are untested there)."""
     from rlpt.preflight import PreflightError
 
     if engine != "vllm":

@@ -135,7 +135,9 @@ class BroadcastTransport:
 class ShmTransport:
     """Same-node members share rank 0's slot. Per bucket i of version v: rank 0 waits `freed/v/i-1/<r>` from every
     member, packs bucket i into the slot and sets `ready/v/i`; a member waits `ready/v/i`, copies the slot into a
-    pooled private buffer, sets `freed/v/i/<rank>` and yields views of its copy. After loading, a member sets
+    pooled private buffer, sets `freed/v/i/<rank>` and yields views of its copy (a borrowing member yields views of
+    the slot itself and sets `freed/v/i/<rank>` only after loading bucket i, so rank 0 packs bucket i + 1 after every
+    member has loaded bucket i). After loading, a member sets
     `loaded/v/<rank>`, which ends rank 0's send, and enters the sync's barrier, which rank 0 posted at `begin`:
     that barrier is how rank 0 learns at once that a member died (its connection closes) while it polls the store.
     Members learn that rank 0 died or left from the store, which rank 0 hosts."""

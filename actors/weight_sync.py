@@ -10,6 +10,8 @@
   `shm` (gloo only): every member maps one shared-memory slot of rank 0 (actors.shm_slot). Rank 0 packs bucket i
   into the slot and says so through the store; members copy it into reusable private buffers, say so, and hand
   views of their copy to the engine's loader while rank 0 gathers and packs bucket i + 1. No byte crosses a socket.
+  A loader that copies each tensor out at once (the hf engine) borrows the slot instead: no private copy, and the
+  slot is released after loading.
   `auto` (default) is `shm` when the backend is gloo and every member could map the slot, else `broadcast`.
 - Weights travel as flat per-dtype buckets (`rlpt.weights.plan_buckets`). Rank 0 asks for bucket i's tensors only
   when it sends bucket i, part by part (a ZeRO-3 learner gathers each part just then), and asks for every part of

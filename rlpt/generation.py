@@ -1,17 +1,18 @@
 """rlpt's own generation loop, the `hf` rollout engine's core (actors/hf_engine.py): KV-cached decoding of a batch
-of prompts with any transformers causal LM, sampling with temperature, top-k and top-p, and the sampled tokens'
+of prompts with a transformers causal LM, sampling with temperature, top-k and top-p, and the sampled tokens'
 logprobs in the learner's definition.
 
 Why it exists: vLLM costs tens of milliseconds per `generate` call whatever the batch (scheduling, detokenizing,
 output objects) and seconds of start-up; on a small model that fixed cost is most of a step. Plain decoding in the
 engine actor has neither.
 
-Seeds: every row (prompt, sample index) draws its uniforms from its own generator, seeded from the request seed and
-the sample index, and samples by inverse CDF. So a row's completion depends on its own seed and the weights, not
-on which other prompts share its batch (vLLM's per-request seeds give the same guarantee; a re-issued chunk
-samples the same completions up to floating-point noise of a different batch shape).
+Seeds: every row (prompt, sample index) draws its uniforms from its own counter-based stream (splitmix64 of a seed
+made from the request seed and the sample index, and the step), and samples by inverse CDF. So a row's completion
+depends on its own seed and the weights, not on which other prompts share its batch (vLLM's per-request seeds give
+the same guarantee; a re-issued chunk samples the same completions up to floating-point noise of a different batch
+shape).
 
-Pure torch: the model is any callable with the transformers causal-LM signature.
+Pure torch (and numpy for the uint64 streams): the model is any callable with the transformers causal-LM signature.
 """
 
 from __future__ import annotations
@@ -138,11 +139,22 @@ def generate(model: Callable[..., Any], prompt_ids: Sequence[Sequence[int]], see
     ids_P_W, attn_P_W = _left_padded(prompt_ids, pad_id)
     ids_P_W, attn_P_W = ids_P_W.to(device), attn_P_W.to(device)
     pos_P_W = (attn_P_W.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids_P_W, attention_mask=attn_P_W, position_ids=pos_P_W, use_cache=True, logits_to_keep=1)
-    logits_R_V = out.logits[:, -1].repeat_interleave(spec.n, dim=0)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(spec.n)
-    attn_R_W, pos_R_W = attn_P_W.repeat_interleave(spec.n, dim=0), pos_P_W.repeat_interleave(spec.n, dim=0)
+
+    def prefill(ids: Tensor, attn: Tensor, pos: Tensor) -> tuple[Tensor, Any]:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values
+
+    logits, cache = prefill(ids_P_W, attn_P_W, pos_P_W)
+    repeat = spec.n
+    if spec.n > 1:
+        try:
+            cache.batch_repeat_interleave(spec.n)
+        except AttributeError:  # a cache that cannot be repeated (e.g. linear-attention layers): prefill every row
+            ids_P_W, attn_P_W, pos_P_W = (x.repeat_interleave(spec.n, dim=0) for x in (ids_P_W, attn_P_W, pos_P_W))
+            logits, cache = prefill(ids_P_W, attn_P_W, pos_P_W)
+            repeat = 1
+    logits_R_V = logits.repeat_interleave(repeat, dim=0)
+    attn_R_W, pos_R_W = attn_P_W.repeat_interleave(repeat, dim=0), pos_P_W.repeat_interleave(repeat, dim=0)
     done = [Sampled([], []) for _ in range(R)]
     open_rows = set(range(R))
     eos = frozenset(eos_ids)

@@ -103,6 +103,22 @@ def test_loop_ends_rows_at_eos_stop_strings_and_length():
     assert (long[0][0].ids, long[0][0].finish_reason) == ([1, 2, 3], "length")
 
 
+def test_a_cache_that_cannot_be_repeated_prefills_every_row():
+    prefill_rows = []
+
+    class NoRepeat(Counter):  # e.g. linear-attention cache layers have no batch_repeat_interleave
+        def __call__(self, input_ids, *args, **kwargs):
+            out = super().__call__(input_ids, *args, **kwargs)
+            prefill_rows.append(input_ids.shape[0])
+            return SimpleNamespace(logits=out.logits, past_key_values=SimpleNamespace())
+
+    spec = SamplingSpec(n=3, max_tokens=2)
+    got = generate(NoRepeat(), [[1], [5, 6]], [0, 1], spec, eos_ids={9}, pad_id=0)
+    want = generate(Counter(), [[1], [5, 6]], [0, 1], spec, eos_ids={9}, pad_id=0)
+    assert [[s.ids for s in g] for g in got] == [[s.ids for s in w] for w in want] == [[[2, 3]] * 3, [[7, 8]] * 3]
+    assert prefill_rows[:2] == [2, 6]  # the distinct prompts, then every row once the repeat failed
+
+
 @pytest.fixture(scope="module")
 def llama():
     from transformers import LlamaConfig, LlamaForCausalLM
