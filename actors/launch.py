@@ -19,7 +19,7 @@ from actors.calls import gather
 from actors.fleet import Fleet
 from actors.learner import LearnerGroup, LearnerRank, LearnerRankLost
 from actors.reference import ReferenceActor
-from actors.rollout import RolloutPool, RolloutWorker, check_engine_support, engine_options
+from actors.rollout import RolloutPool, RolloutWorker, engine_options
 from actors.sync_group import EngineSync, SyncMembership
 from actors.reward_model import RewardModelWorker
 from actors.verifier import (PoolScaler, ScorePool, VerifierPool, VerifierWorker, batch_timeout_of,
@@ -253,15 +253,18 @@ def multi_turn(cfg: RlptConfig, prep: PreparedRun, make: Factories, actors: list
 
 
 def build_graph(cfg: RlptConfig, prep: PreparedRun,
-                request_resources: Callable[[list[dict[str, float]]], None] | None = None) -> Graph:
+                request_resources: Callable[[list[dict[str, float]]], None] | None = None,
+                ray_s: float | None = None) -> Graph:
     """`request_resources` is how the fleet talks to the autoscaler (default: ray.autoscaler.sdk.request_resources);
-    tests pass a stand-in that adds and removes simulated nodes."""
+    tests pass a stand-in that adds and removes simulated nodes. `ray_s`: the caller already started Ray (in that
+    many seconds, placement.init_ray_while_importing); None: start or connect here."""
     import ray
 
     t = time.monotonic()
-    placement.init_ray(cfg)
+    if ray_s is None:
+        placement.init_ray(cfg)
     started = time.monotonic()
-    ray_s = started - t
+    ray_s = started - t if ray_s is None else ray_s
     algo, make, T = algorithm_of(cfg), Factories(cfg, prep, placement.actor_threads(cfg)), cfg.run.actor_timeout_s
     K, N, M = cfg.learner.num_ranks, cfg.rollout.num_workers, cfg.verifier.num_workers
     # Start everything at once: engine and DeepSpeed start-up dominate and overlap.
@@ -358,10 +361,11 @@ def resume_hint(run_dir: Path) -> str:
 
 
 def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, resume: bool = False,
-          from_step: int | None = None, prep: PreparedRun | None = None) -> float:
+          from_step: int | None = None, prep: PreparedRun | None = None, ray_s: float | None = None) -> float:
     """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
     seconds. Actors are torn down even on errors. The preflight runs first (here, or by the caller, which passes
-    its `prep`): a setup that cannot work fails before Ray is even imported."""
+    its `prep`): a setup that cannot work fails before Ray is even imported. `ray_s`: the caller started Ray for
+    this run (placement.init_ray_while_importing, in that many seconds), and this shuts it down at the end."""
     start = time.perf_counter()
     state, ckpt = None, None
     if resume:
@@ -369,14 +373,13 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         state = LoopState.read(ckpt / "loop_state.json")
     if prep is None:
         prep = prepare(cfg, run_dir)
-    check_engine_support(prep.facts.architecture, cfg.rollout.engine)
     import ray
 
-    started_ray = not ray.is_initialized()
+    started_ray = ray_s is not None or not ray.is_initialized()
     graph = None
     try:
         t = time.perf_counter()
-        graph = build_graph(cfg, prep)
+        graph = build_graph(cfg, prep, ray_s=ray_s)
         slowest = sorted(graph.ready_s.items(), key=lambda kv: -kv[1])[:3]
         event(f"actors up in {time.perf_counter() - t:.1f}s (Ray {graph.ray_s:.1f}s; slowest "
               f"{', '.join(f'{k} {v:.1f}s' for k, v in slowest)}): {cfg.learner.num_ranks} learner rank(s), "

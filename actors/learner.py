@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +51,32 @@ def _ds_config(cfg: RlptConfig, micro: int, gas: int) -> dict[str, Any]:
     }
 
 
+class MuonAbsent:
+    """Stands in for DeepSpeed's MuonWithAuxAdam: rlpt's optimizer is never one (see without_deepspeed_muon)."""
+
+
+def _muon_update_absent(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("rlpt's learner replaced DeepSpeed's Muon update (its optimizer is AdamW); this call means "
+                       "DeepSpeed took an AdamW model for a Muon one")
+
+
+def without_deepspeed_muon() -> None:
+    """DeepSpeed (0.19) imports its Muon optimizer modules on every ZeRO init and in ZeRO-1/2's gradient
+    partitioning, only to check `isinstance(optimizer, MuonWithAuxAdam)`; their `@torch.compile` decorators import
+    torch's inductor: ~1.3 s of every learner rank's start-up on CPU. rlpt's optimizer is torch's AdamW, so the two
+    modules are replaced, before DeepSpeed is imported, by stand-ins: a class no optimizer is an instance of, and an
+    update that refuses to run. A module already imported is left as it is."""
+    import types
+
+    stand_ins = {"deepspeed.runtime.zero.muon.muon_optimizer": {"MuonWithAuxAdam": MuonAbsent},
+                 "deepspeed.runtime.zero.muon.original_muon": {"muon_update": _muon_update_absent}}
+    for name, attrs in stand_ins.items():
+        if name not in sys.modules:
+            module = types.ModuleType(name, "rlpt stand-in (actors.learner.without_deepspeed_muon)")
+            module.__dict__.update(attrs)
+            sys.modules[name] = module
+
+
 class LearnerRank:
     """Ray actor body: one DeepSpeed rank. Every public method is called on all ranks at once by LearnerGroup."""
 
@@ -84,6 +111,7 @@ class LearnerRank:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
             # DeepSpeed compiles a shared-memory op (80+ s) on every CPU init_distributed; only inference uses it.
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        without_deepspeed_muon()
         import deepspeed
 
         self.micro, self._gas, self._total = micro, gas, total_optimizer_steps

@@ -51,43 +51,6 @@ def engine_options(cfg: RlptConfig, model_path: str, max_model_len: int, eos_ids
     )
 
 
-def engine_architectures() -> frozenset[str] | None:
-    """The causal-LM architectures this vLLM build serves (its registry's `_TEXT_GENERATION_MODELS`), read from the
-    registry's source without importing vLLM (that import costs ~10 s on 2 cores); None when it cannot be read
-    (another vLLM layout: the engine's own error then stands)."""
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model_executor", "models", "registry.py")
-    try:
-        tree = ast.parse(open(path, encoding="utf-8").read())
-    except (OSError, SyntaxError):
-        return None
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
-                and any(isinstance(t, ast.Name) and t.id == "_TEXT_GENERATION_MODELS" for t in node.targets)):
-            return frozenset(k.value for k in node.value.keys if isinstance(k, ast.Constant))
-    return None
-
-
-def check_engine_support(architecture: str, engine: str = "vllm") -> None:
-    """A clear error, before any actor starts, for a model this vLLM build cannot run. The hf engine has no registry
-    to read: it runs transformers' own model class (tested on Llama, Qwen2 and Mistral families; recurrent and
-    linear-attention hybrids are untested there)."""
-    from rlpt.preflight import PreflightError
-
-    if engine != "vllm":
-        return
-    archs = engine_architectures()
-    if archs is not None and architecture not in archs:
-        raise PreflightError(f"the rollout engine (vLLM) has no implementation of {architecture}; it runs "
-                             f"{len(archs)} causal-LM architectures (e.g. LlamaForCausalLM, Qwen2ForCausalLM, "
-                             f"Qwen3ForCausalLM, MistralForCausalLM, GemmaForCausalLM, Phi3ForCausalLM)")
-
-
 class VllmEngine:
     """The adapter over vllm.LLM: generate with sampled-token logprobs, probe logprobs, weight-sync hooks."""
 

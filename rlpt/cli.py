@@ -106,13 +106,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     from rlpt.prepare import inspect_run
 
     cfg = _load(ns.args)
-    prep = inspect_run(cfg)
-    try:
-        from actors.rollout import check_engine_support
-    except ImportError:  # no actor stack here: the engine's support is checked where the run starts
-        pass
-    else:
-        check_engine_support(prep.facts.architecture, cfg.rollout.engine)
+    prep = inspect_run(cfg)  # the engine's support of the architecture included
     say(out, report(prep.facts, prep.shape, prep.lengths, cfg, prep.template, prep.warnings))
     say(out, "ok: the model, tokenizer, data and config fit together")
     return 0
@@ -157,8 +151,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
     # The preflight runs before the actor stack is imported (torch, Ray, DeepSpeed): a setup that cannot work fails
     # in about a second. A resumed run checks its checkpoint first (actors.launch.train prepares it then).
     prep = None if ns.resume else prepare(cfg, run_dir)
+    ray_s = None
     try:
-        from actors.launch import train
+        if prep is None:
+            from actors.launch import train
+        else:  # Ray starts while the actor stack is imported (the two overlap; see init_ray_while_importing)
+            from actors.placement import init_ray_while_importing
+
+            ray_s, launch = init_ray_while_importing(cfg, "actors.launch")
+            train = launch.train
     except ImportError as e:
         raise UsageError(f"rlpt train needs the actor stack (ray, vllm, deepspeed): {e}") from None
     from rlpt.loops.common import total_steps
@@ -176,7 +177,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         bar.update(task, completed=step + 1, r=m["reward/mean"], t=m["timing/step"])
 
     try:
-        seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step, prep=prep)
+        seconds = train(cfg, run_dir, on_step, resume=bool(ns.resume), from_step=ns.from_step, prep=prep, ray_s=ray_s)
     finally:
         bar.stop()
     out.print(f"trained {steps} {cfg.algorithm.name} steps in {seconds:.0f}s -> {run_dir} (metrics.jsonl, checkpoints/, rollouts/)")

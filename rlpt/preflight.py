@@ -138,9 +138,7 @@ def inspect_model(model_dir: Path, tokenizer: Any) -> ModelFacts:
         raise PreflightError(f"model.path={str(model_dir)!r}: no config.json there")
     arch = (config.get("architectures") or ["?"])[0]
     model_type = str(config.get("model_type", "?"))
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    causal = causal_lm_names().get(model_type)
     known = causal if isinstance(causal, (list, tuple)) else (causal,)
     if causal is None or (config.get("architectures") and arch not in known):
         raise PreflightError(f"model.path={str(model_dir)!r}: architecture {arch} (model_type {model_type!r}) is not "
@@ -164,6 +162,65 @@ def inspect_model(model_dir: Path, tokenizer: Any) -> ModelFacts:
                       context_source=source, vocab_size=vocab or size, tokenizer_size=size, eos_ids=eos,
                       pad_id=eos[0] if pad is None else int(pad), pad_is_eos=pad is None or int(pad) in eos,
                       chat_template=bool(getattr(tokenizer, "chat_template", None)))
+
+
+def causal_lm_names() -> dict[str, Any]:
+    """transformers' `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` (model_type -> class name(s)), read as a literal from the
+    installed modeling_auto.py: importing that module imports torch and transformers' generation stack (~1.5 s of
+    the preflight, which otherwise needs neither). Falls back to the import if the source no longer has that shape
+    (a test checks the two agree)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers.models.auto.modeling_auto")
+    try:
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+                    and isinstance(node.value, ast.Call) and len(node.value.args) == 1):
+                return dict(ast.literal_eval(node.value.args[0]))
+    except (AssertionError, OSError, SyntaxError, ValueError, TypeError):
+        pass
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def engine_architectures() -> frozenset[str] | None:
+    """The causal-LM architectures this vLLM build serves (its registry's `_TEXT_GENERATION_MODELS`), read from the
+    registry's source without importing vLLM (that import costs ~10 s on 2 cores); None when it cannot be read
+    (another vLLM layout: the engine's own error then stands)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model_executor" / "models" / "registry.py"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "_TEXT_GENERATION_MODELS" for t in node.targets)):
+            return frozenset(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    return None
+
+
+def check_engine_support(architecture: str, engine: str = "vllm") -> None:
+    """A clear error, before any actor starts, for a model this vLLM build cannot run. The hf engine has no registry
+    to read: it runs transformers' own model class (tested on Llama, Qwen2 and Mistral families; recurrent and
+    linear-attention hybrids are untested there)."""
+    if engine != "vllm":
+        return
+    archs = engine_architectures()
+    if archs is not None and architecture not in archs:
+        raise PreflightError(f"the rollout engine (vLLM) has no implementation of {architecture}; it runs "
+                             f"{len(archs)} causal-LM architectures (e.g. LlamaForCausalLM, Qwen2ForCausalLM, "
+                             f"Qwen3ForCausalLM, MistralForCausalLM, GemmaForCausalLM, Phi3ForCausalLM)")
 
 
 def _transformers_version() -> str:

@@ -15,8 +15,8 @@ from rlpt.config import ConfigError, RlptConfig, save_config
 from rlpt.data import load_prompts, tokenize_prompts
 from rlpt.data.encode import uses_chat_template
 from rlpt.models import load_tokenizer, resolve_model_path
-from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, check_lengths, inspect_model,
-                            round_trip, run_shape)
+from rlpt.preflight import (ModelFacts, PreflightError, PromptLengths, RunShape, check_engine_support, check_lengths,
+                            inspect_model, round_trip, run_shape)
 from rlpt.types import Prompt
 
 
@@ -44,6 +44,7 @@ def inspect_run(cfg: RlptConfig) -> PreparedRun:
     tok = load_tokenizer(cfg.model.tokenizer_path or model_path)
     check_observation_format(cfg, tok)
     facts = inspect_model(model_path, tok)
+    check_engine_support(facts.architecture, cfg.rollout.engine)
     budget = run_shape(cfg, facts, tok).prompt_budget
     loaded = load_prompts(cfg.data, cfg.run.seed)
     tokenized = tokenize_prompts(loaded, tok, cfg.data, budget)

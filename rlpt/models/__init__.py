@@ -37,15 +37,19 @@ def load_tokenizer(path: str | Path) -> Any:
     Uses PreTrainedTokenizerFast when a tokenizer.json is present: AutoTokenizer may substitute an
     architecture-specific class whose pre-tokenizer differs from the saved one (see notes/cpu-stack.md).
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     p = Path(path)
     if not p.is_dir():
         raise ModelPathError(f"tokenizer path {str(p)!r} is not a directory")
     try:
         if (p / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
             tok = PreTrainedTokenizerFast.from_pretrained(p)
         else:
+            # Imported only here: importing AutoTokenizer imports torch and transformers' model registry (~2 s of
+            # a run's preflight), which the tokenizer.json path does not need.
+            from transformers import AutoTokenizer
+
             tok = AutoTokenizer.from_pretrained(p)
     except (OSError, ValueError) as e:
         raise ModelPathError(f"could not load a tokenizer from {p}: {e}") from None

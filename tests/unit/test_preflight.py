@@ -3,6 +3,7 @@ context from the model, every EOS id, a probe that fits, clear errors with the k
 any actor starts."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ import pytest
 
 from rlpt.config import load_config
 from rlpt.models import decode_completion, load_tokenizer
-from rlpt.preflight import PreflightError, context_length, inspect_model, probe_ids, run_shape
+from rlpt.preflight import (PreflightError, causal_lm_names, context_length, engine_architectures, inspect_model,
+                            probe_ids, run_shape)
 from rlpt.prepare import inspect_run
 from tests.ray.families import Cell, build_model_dir
 
@@ -141,3 +143,42 @@ def test_a_tokenizer_that_does_not_give_text_back_is_reported(char64, tmp_path):
     assert round_trip(tok, "größe 3+4=7") is None
     tok.backend_tokenizer.decoder = decoders.WordPiece()  # joins tokens with spaces, like a bare WordLevel
     assert round_trip(tok, "3+4=7") == "3 + 4 = 7"
+
+
+def test_the_preflight_of_a_tokenizer_json_model_imports_neither_torch_nor_the_model_registry(qwen_chat, tmp_path):
+    """What makes a run's preflight ~1 s instead of ~3 s: the tokenizer.json path loads PreTrainedTokenizerFast
+    alone, and the causal-LM check reads transformers' mapping as a literal (both used to import torch and the
+    model registry)."""
+    rows = [{"prompt": f"{i}+2=", "answer": str(i + 2)} for i in range(5)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probe = ("import sys; from rlpt.config import load_config; from rlpt.prepare import inspect_run; "
+             f"p = inspect_run(load_config(None, ['model.path={qwen_chat}', 'data.task=null', "
+             f"'data.path={tmp_path / 'd.jsonl'}'])); "
+             "print('RESULT', len(p.prompts), sorted(m for m in ('torch', 'transformers.models.auto.modeling_auto', "
+             "'ray', 'actors') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "RESULT 5 []" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
+
+
+def test_causal_lm_names_read_from_source_equal_transformers_mapping():
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = causal_lm_names()
+    assert names == dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) and names["llama"] == "LlamaForCausalLM"
+
+
+def test_an_architecture_the_vllm_engine_lacks_fails_in_preflight_and_the_hf_engine_takes_it(char64, tmp_path):
+    """Arcee is a causal LM transformers knows and this vLLM build does not serve (both asserted, so a pin that
+    changes either fails here instead of passing vacuously)."""
+    assert causal_lm_names()["arcee"] == "ArceeForCausalLM"
+    archs = engine_architectures()
+    assert archs is not None and "LlamaForCausalLM" in archs and "ArceeForCausalLM" not in archs
+    model = tmp_path / "arcee"
+    shutil.copytree(char64, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "architectures": ["ArceeForCausalLM"],
+                                                   "model_type": "arcee"}))
+    args = [f"model.path={model}", "data.task=null", f"data.path={data_file(tmp_path)}", "rollout.max_new_tokens=3"]
+    with pytest.raises(PreflightError, match=r"the rollout engine \(vLLM\) has no implementation of ArceeForCausalLM"):
+        inspect_run(load_config(None, args))
+    assert inspect_run(load_config(None, [*args, "rollout.engine=hf"])).facts.architecture == "ArceeForCausalLM"
