@@ -66,6 +66,9 @@ def init_ray(cfg: RlptConfig) -> str:
         return address
     # Local cluster: plug-ins (`verifier.name: my_mod:fn`) import from where rlpt runs, as they would in-process.
     env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    # The raylet would prestart one plain worker per CPU for this driver; every rlpt actor has a runtime_env (its
+    # thread count), so none could use them: ~0.3 s of CPU each during start-up, for nothing.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     # address="local": a new cluster of our own even when another one runs on this machine (a `ray start` head, a
     # test's simulated cluster): without it ray.init attaches to that one and refuses num_cpus.
     ray.init(address="local", num_cpus=cfg.cluster.num_cpus or needed_cpus(cfg), resources=local_custom_resources(cfg),

@@ -10,6 +10,8 @@ Definitions (the same for both systems; times from outside, see harness.py):
   (rlpt writes its final checkpoint in it) are not measured. Phases are each system's own timers; "other" is the
   step minus its phases. Each figure is the median over the measured steps of a run, then over the runs.
 - start-up: spawn of the process to the start of its first step (arrival of step 0 minus step 0's own duration).
+- start-up + shutdown: the process's wall time outside its steps (wall minus first step's start to last step's
+  arrival): start-up, then whatever follows the last step record (teardown, interpreter exit).
 - time to reward target: spawn to the arrival of the first step at which the mean reward of the last
   REWARD_WINDOW steps is >= REWARD_TARGET.
 - generated tok/s: completion tokens of a step (EOS included) / its rollout phase.
@@ -52,7 +54,8 @@ def rows_for(workload: str, target: bool) -> list[Row]:
     w = workload
     rows = [Row(f"{w} step s", f"{w}: median step (s)")]
     rows += [Row(f"{w} {p} s", f"{w}: {p} phase (s)") for p in PHASES]
-    rows += [Row(f"{w} other s", f"{w}: other (step - phases) (s)"), Row(f"{w} startup s", f"{w}: start-up (s)")]
+    rows += [Row(f"{w} other s", f"{w}: other (step - phases) (s)"), Row(f"{w} startup s", f"{w}: start-up (s)"),
+             Row(f"{w} outside s", f"{w}: start-up + shutdown (s)")]
     if target:
         rows.append(Row(f"{w} target s", f"{w}: time to reward {REWARD_TARGET} (s)"))
     rows += [Row(f"{w} tok/s", f"{w}: generated tok/s", higher_is_better=True),
@@ -81,6 +84,7 @@ def summarise(run: Run) -> dict[str, float]:
         **{f"{p} s": statistics.median(v) for p, v in phase.items()},
         "other s": statistics.median(other),
         "startup s": s[0].t_end - s[0].step_s,
+        "outside s": run.wall_s - (s[-1].t_end - (s[0].t_end - s[0].step_s)),
         "target s": time_to_target(run),
         "tok/s": statistics.median(s[k].tokens / s[k].rollout_s for k in measured),
         "wall s": run.wall_s,

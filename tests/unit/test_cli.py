@@ -50,6 +50,22 @@ def test_console_script_runs(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_entry_runs_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path):
+    """`rlpt` ends with os._exit after main (no module teardown): exit handlers still run, buffered output is not
+    lost, and the exit code is main's (0 and 2)."""
+    marker = tmp_path / "handler_ran"
+    script = ("import atexit, sys; from pathlib import Path; "
+              f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes')); "
+              "print('buffered', end=''); from rlpt.cli import entry; sys.argv[1:] = sys.argv[2:]; entry()")
+    ok = subprocess.run([sys.executable, "-c", script, "-", "config", "show", "learner.lr=2e-3"], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT)
+    assert ok.returncode == 0 and ok.stdout.startswith("buffered") and "lr: 0.002" in ok.stdout, ok.stderr
+    assert marker.read_text() == "yes"
+    bad = subprocess.run([sys.executable, "-m", "rlpt.cli", "config", "show", "learner.lrr=1"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "learner.lrr: unknown key" in bad.stderr
+
+
 def test_eval_end_to_end(tmp_path, capsys):
     """Real work: build the tiny model, sample completions, verify them, write the run directory."""
     args = ["eval", f"run.root={tmp_path}", "run.name=e", "eval.samples=2", "eval.pass_k=[1, 2]",
