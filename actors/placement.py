@@ -90,14 +90,15 @@ def init_ray_while_importing(cfg: RlptConfig, module: str) -> tuple[float, Modul
     with ThreadPoolExecutor(1, thread_name_prefix="rlpt-import") as pool:
         imported = pool.submit(importlib.import_module, module)
         start = time.monotonic()
-        init_ray(cfg)
+        how = init_ray(cfg)
         seconds = time.monotonic() - start
         try:
             return seconds, imported.result()
         except BaseException:
-            import ray
+            if how != "existing":  # ours to end: a Ray the caller had already initialised stays up
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
             raise
 
 
