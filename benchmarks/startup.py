@@ -3,7 +3,7 @@
 line is stamped as it arrives, so the table splits the wall time at the run's own events: preflight done, actors
 up (the loop starts right after), shut down (the last line), exit.
 
-    flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/startup.py [--before DIR] [--rounds 3] [--engines hf vllm]
+    .venv/bin/python benchmarks/startup.py [--before DIR] [--rounds 3] [--engines hf vllm]   # nothing else running
     .venv/bin/python benchmarks/startup.py --smoke        # one hf run, prints only
 
 `--before DIR` also runs another tree's code (e.g. `git archive <commit> | tar -x -C DIR`) with the same venv;
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(tab)
     if args.smoke:
         return
-    cmd = "flock /tmp/rlpt-heavy.lock .venv/bin/python benchmarks/startup.py " + " ".join(argv or sys.argv[1:])
+    cmd = ".venv/bin/python benchmarks/startup.py " + " ".join(argv or sys.argv[1:])
     section = (f"{HEADING}\n\nCommand: `{cmd}` ({time.strftime('%Y-%m-%d')}, this machine kind: 2 cores, shared). "
                f"One-step runs of the vs_trl tiny workload (its model, prompts, verifier and overrides) with "
                f"`rollout.engine` as listed, medians over the rounds. Times from outside: spawn to the arrival of "
