@@ -364,8 +364,9 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
           from_step: int | None = None, prep: PreparedRun | None = None, ray_s: float | None = None) -> float:
     """Run the configured loop end to end (or continue it from the latest / a given checkpoint); returns wall
     seconds. Actors are torn down even on errors. The preflight runs first (here, or by the caller, which passes
-    its `prep`): a setup that cannot work fails before Ray is even imported. `ray_s`: the caller started Ray for
-    this run (placement.init_ray_while_importing, in that many seconds), and this shuts it down at the end."""
+    its `prep`): a setup that cannot work fails before Ray is even imported. `ray_s`: the caller started (or
+    connected to) Ray for this run (placement.init_ray_while_importing, in that many seconds), and this shuts it
+    down at the end."""
     start = time.perf_counter()
     state, ckpt = None, None
     if resume:

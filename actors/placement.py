@@ -77,12 +77,13 @@ def init_ray(cfg: RlptConfig) -> str:
     return "local"
 
 
-def init_ray_while_importing(cfg: RlptConfig, module: str) -> tuple[float, ModuleType]:
+def init_ray_while_importing(cfg: RlptConfig, module: str) -> tuple[float | None, ModuleType]:
     """`init_ray` on this thread while `module` (the actor stack: torch, the loops) is imported on another; returns
-    Ray's seconds and the module. Ray's start is mostly waiting for its own processes, the import is CPU work of
-    this process, so the two overlap (~1-1.5 s of a run's start-up on 2 cores). Ray starts on the calling thread
-    because the processes it starts die with the thread that started them. If the import fails, Ray is shut down
-    before the error propagates."""
+    Ray's seconds (None when Ray was already initialised in this process: not ours to end) and the module. Ray's
+    start is mostly waiting for its own processes, the import is CPU work of this process, so the two overlap
+    (~0.5-1 s of a run's start-up on 2 cores). Ray starts on the calling thread because the processes it starts die
+    with the thread that started them. If the import fails, a Ray this call started is shut down before the error
+    propagates."""
     import importlib
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +94,7 @@ def init_ray_while_importing(cfg: RlptConfig, module: str) -> tuple[float, Modul
         how = init_ray(cfg)
         seconds = time.monotonic() - start
         try:
-            return seconds, imported.result()
+            return (None if how == "existing" else seconds), imported.result()
         except BaseException:
             if how != "existing":  # ours to end: a Ray the caller had already initialised stays up
                 import ray

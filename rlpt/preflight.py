@@ -173,15 +173,15 @@ def causal_lm_names() -> dict[str, Any]:
     import importlib.util
 
     spec = importlib.util.find_spec("transformers.models.auto.modeling_auto")
+    origin = None if spec is None else spec.origin
     try:
-        assert spec is not None and spec.origin is not None
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8")) if origin else ast.Module(body=[], type_ignores=[])
         for node in tree.body:
             if (isinstance(node, ast.Assign) and len(node.targets) == 1
                     and getattr(node.targets[0], "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
                     and isinstance(node.value, ast.Call) and len(node.value.args) == 1):
                 return dict(ast.literal_eval(node.value.args[0]))
-    except (AssertionError, OSError, SyntaxError, ValueError, TypeError):
+    except (OSError, SyntaxError, ValueError, TypeError):
         pass
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 

@@ -30,3 +30,12 @@ except ModuleNotFoundError as e:
 def test_ray_starts_while_a_module_imports_and_a_failed_import_ends_it(module, expected):
     res = subprocess.run([sys.executable, "-c", SCRIPT, module], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert expected in res.stdout, (res.stdout[-1000:], res.stderr[-3000:])
+
+
+def test_a_ray_already_initialised_is_not_ours_to_end():
+    script = ("import ray; ray.init(address='local', num_cpus=2, include_dashboard=False); "
+              "from actors.placement import init_ray_while_importing; from rlpt.config import load_config; "
+              "seconds, _ = init_ray_while_importing(load_config(None, []), 'actors.launch'); "
+              "print('RESULT', seconds, ray.is_initialized())")
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "RESULT None True" in res.stdout, (res.stdout[-1000:], res.stderr[-3000:])
