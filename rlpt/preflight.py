@@ -172,10 +172,11 @@ def causal_lm_names() -> dict[str, Any]:
     import ast
     import importlib.util
 
-    spec = importlib.util.find_spec("transformers.models.auto.modeling_auto")
-    origin = None if spec is None else spec.origin
+    # The path from the top package: find_spec of the submodule would import transformers.models (~0.25 s).
+    spec = importlib.util.find_spec("transformers")
+    origin = None if spec is None or spec.origin is None else Path(spec.origin).parent / "models/auto/modeling_auto.py"
     try:
-        tree = ast.parse(Path(origin).read_text(encoding="utf-8")) if origin else ast.Module(body=[], type_ignores=[])
+        tree = ast.parse(origin.read_text(encoding="utf-8")) if origin else ast.Module(body=[], type_ignores=[])
         for node in tree.body:
             if (isinstance(node, ast.Assign) and len(node.targets) == 1
                     and getattr(node.targets[0], "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
