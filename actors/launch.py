@@ -396,7 +396,7 @@ def train(cfg: RlptConfig, run_dir: Path, on_step: StepCallback | None = None, r
         t = time.perf_counter()
         shutdown(graph)
         if started_ray:
-            ray.shutdown()
+            placement.shutdown_ray()
         event(f"shut down in {time.perf_counter() - t:.1f}s")
     return time.perf_counter() - start
 
