@@ -96,8 +96,9 @@ class VllmEngine:
         return self.llm.collective_rpc("rlpt_join_sync", args=(spec, rank_base))
 
     def receive_weights(self, plan: SyncPlan, version: int) -> None:
+        # No reset_prefix_cache: prefix caching is off (enable_prefix_caching=False above), so no KV of the old
+        # weights is kept between requests (the reset only logged a line per sync).
         self.llm.collective_rpc("rlpt_receive", args=(plan, version))
-        self.llm.reset_prefix_cache()
 
 
 ENGINES: dict[str, Callable[[EngineOptions], Any]] = {"vllm": VllmEngine, "hf": HfEngine}

@@ -55,6 +55,11 @@ def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_ro
             assert all(s["max_gathered_bytes"] == 0 for s in stats)
         again = w.rollout.generate(prompts[:2], [1, 2], sampling_spec(cfg))
         assert {r.policy_version for r in again} == {1}
+        # vLLM's per-reload lines (actors.vllm_worker.PerReloadNoise) stay out of the engines' logs
+        logs = sorted((tiny_root / f"sync-zero{stage}" / "logs").glob("rollout-*.log"))
+        assert len(logs) == 2 and all("vLLM" in p.read_text() for p in logs)  # the engines do log there
+        assert not any("Failed to load weights" in p.read_text() or "Reloading and processing" in p.read_text()
+                       for p in logs)
     finally:
         shutdown(graph)
     # Everything the graph reserved is released (a leak here starves the next graph of CPUs).
