@@ -77,7 +77,7 @@ class VllmEngine:
         params = [
             SamplingParams(n=spec.n, max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
                            top_k=spec.top_k if spec.top_k > 0 else 0, stop=list(spec.stop) or None,
-                           stop_token_ids=self.stop_token_ids, logprobs=0, seed=seed)
+                           stop_token_ids=self.stop_token_ids, logprobs=0, seed=seed, detokenize=bool(spec.stop))
             for seed in seeds
         ]
         outs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
@@ -88,8 +88,8 @@ class VllmEngine:
         """log p(ids[t] | ids[<t]) for t >= 1 (the sync probe)."""
         from vllm import SamplingParams
 
-        out = self.llm.generate([{"prompt_token_ids": list(ids)}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                                use_tqdm=False)[0]
+        out = self.llm.generate([{"prompt_token_ids": list(ids)}],
+                                SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False), use_tqdm=False)[0]
         return [d[t].logprob for t, d in zip(ids[1:], out.prompt_logprobs[1:])]
 
     def join_sync(self, spec: GroupSpec, rank_base: int) -> list[int]:

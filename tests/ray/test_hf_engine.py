@@ -1,7 +1,7 @@
 """`rollout.engine: hf` on real components (Ray actors, DeepSpeed learner, the weight-sync group): the default run
 learns with it, every sync probe and every step's rollout-vs-learner logprob gap stay within tolerance, and a
 model directory rlpt did not make (Qwen2.5 family, byte-level BPE, ChatML) samples with temperature, top-p and a
-stop string through it."""
+stop string through it (and through vLLM, for the stop string)."""
 
 import json
 
@@ -34,11 +34,14 @@ def test_default_run_learns_on_the_hf_engine(ray_cluster, tiny_root):
     assert [r["policy_version"] for r in rows] == list(range(1, cfg.run.steps + 1))
 
 
-def test_a_foreign_chatml_model_samples_with_top_p_temperature_and_a_stop_string(ray_cluster, tmp_path):
+# vllm: it detokenizes only for stop strings (rlpt decodes the ids). Top-p 1 there: with T != 1 vLLM's logprobs are
+# of the top-p-filtered distribution ("processed_logprobs"), the learner's of the unfiltered one (README, engines).
+@pytest.mark.parametrize("engine, top_p", [("hf", 0.9), ("vllm", 1.0)])
+def test_a_foreign_chatml_model_samples_with_top_p_temperature_and_a_stop_string(ray_cluster, tmp_path, engine, top_p):
     from tests.ray.families import chatml_arith_run
 
     cfg = load_config(None, [*chatml_arith_run(tmp_path), "run.name=qwen-hf",
-                             "rollout.engine=hf", "rollout.temperature=0.7", "rollout.top_p=0.9",
+                             f"rollout.engine={engine}", "rollout.temperature=0.7", f"rollout.top_p={top_p}",
                              "rollout.max_new_tokens=24", "rollout.stop=[e]", "rollout.prompts_per_step=4",
                              "rollout.samples_per_prompt=4", "algorithm.grpo.beta=0", "run.steps=4",
                              "sync.probe_every=1"])
