@@ -14,7 +14,9 @@ import importlib
 import os
 import shutil
 import sys
+import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -170,7 +172,9 @@ class LearnerRank:
 
     def train(self, plan: StepPlan) -> RankReport:
         """This rank's share of one training step (every optimizer step of it), whatever the algorithm."""
-        return train_rank(algorithm_of(self.cfg), self.cfg, self, plan, self.micro)
+        start = time.perf_counter()
+        report = train_rank(algorithm_of(self.cfg), self.cfg, self, plan, self.micro)
+        return replace(report, seconds=time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------- full weights
     def _gathered_state(self) -> dict[str, torch.Tensor] | None:

@@ -50,6 +50,7 @@ class RankReport:
     lr: float = 0.0
     optimizer_steps: int = 0
     off_policy: "OffPolicySums | None" = None  # with an off-policy correction
+    seconds: float = 0.0  # wall time of the rank's share (timing/train_learner: the rest of timing/train is overhead)
 
 
 @dataclass(frozen=True)
@@ -170,4 +171,5 @@ def step_metrics(reports: Sequence[RankReport], plan: StepPlan) -> dict[str, flo
         "logprob_gap/mean": sum(r.gap for r in reports) / max(gap_tokens, 1.0),
         "logprob_gap/max": max(r.gap_max for r in reports),
         "learner/optimizer_steps": float(first.optimizer_steps),
+        "timing/train_learner": max(r.seconds for r in reports),
     }

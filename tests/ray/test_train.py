@@ -38,6 +38,7 @@ def test_run_directory_is_complete(default_runs):
         assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
         assert r["logprob_gap/mean"] < 1e-3  # engine == learner on the trained tokens, every step
         assert r.get("sync/probe_max_abs_diff", 0.0) < cfg.sync.probe_tolerance
+        assert 0 < r["timing/train_learner"] < r["timing/train"]  # the rank's share, inside the driver's call
     # the probe: on the first sync, then every sync.probe_every-th version (absent, not 0, in between)
     every = cfg.sync.probe_every
     assert [r["step"] for r in rows if "sync/probe_max_abs_diff" in r] == [
