@@ -185,6 +185,7 @@ class RolloutPool:
         self.workers, self.names = list(workers), list(names)
         self.timeout_s, self.chunks_per_worker = timeout_s, chunks_per_worker
         self.dead: set[int] = set()
+        self.answered: set[int] = set()  # engines that returned a chunk since the last check_alive: alive then
         self.busy_s = 0.0  # wall time inside generate() since the fleet last looked (its autoscaling signal) ...
         self.window_start: float | None = None  # ... and when the first generate() after that look started
         self.engine_s: dict[str, float] = {}  # seconds inside each engine's own generate since the last step end
@@ -215,7 +216,7 @@ class RolloutPool:
         drop = set(indices)
         self.workers = [w for i, w in enumerate(self.workers) if i not in drop]
         self.names = [n for i, n in enumerate(self.names) if i not in drop]
-        self.dead = set()
+        self.dead, self.answered = set(), set()
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int], spec: SamplingSpec,
                  account: bool = True, on_chunk: Callable[[int, list[Rollout]], None] | None = None,
@@ -275,16 +276,21 @@ class RolloutPool:
                       f"{len(ps)} prompts to the live engines", file=sys.stderr)
                 continue
             idle.append(w)
+            self.answered.add(w)
             if on_chunk is not None:
                 on_chunk(start, results[start])
         return [r for start in sorted(results) for r in results[start]]
 
     def check_alive(self, timeout_s: float) -> set[int]:
-        """Ping every engine; mark the ones that are gone (a death between generation and the sync)."""
+        """Ping the engines that returned no chunk since the last check (idle ones, or joined since) and mark the
+        ones that are gone. An engine that just returned one is not pinged (a round trip each step for nothing);
+        if it died since, its sync fails and EngineSync's repair replaces it (as for a death inside the sync)."""
         import ray
         from ray.exceptions import RayActorError
 
-        pings = {w: worker.ping.remote() for w, worker in enumerate(self.workers) if w not in self.dead}
+        answered, self.answered = self.answered, set()
+        pings = {w: worker.ping.remote() for w, worker in enumerate(self.workers)
+                 if w not in self.dead and w not in answered}
         for w, ref in pings.items():  # all in flight at once: one round trip per step, not one per engine
             try:
                 ray.get(ref, timeout=timeout_s)
