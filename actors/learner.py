@@ -25,6 +25,7 @@ import torch
 
 from actors.calls import ActorCallTimeout, ActorLost, gather
 from actors.learner_weights import LearnerWeights
+from actors.startup import no_gc_while_starting
 from actors.weight_sync import GroupSpec, WeightGroup, host_store, resolve_backend
 from rlpt.algorithms import algorithm_of
 from rlpt.algorithms.base import StepPlan
@@ -114,11 +115,12 @@ class LearnerRank:
             # DeepSpeed compiles a shared-memory op (80+ s) on every CPU init_distributed; only inference uses it.
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         without_deepspeed_muon()
-        import deepspeed
+        with no_gc_while_starting():
+            import deepspeed
 
-        self.micro, self._gas, self._total = micro, gas, total_optimizer_steps
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.run.actor_timeout_s))
-        self._build_engine()
+            self.micro, self._gas, self._total = micro, gas, total_optimizer_steps
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.run.actor_timeout_s))
+            self._build_engine()
 
     def reset_to_base(self) -> None:
         """Start again from the base model with a fresh optimizer and schedule (RFT rounds, restart: base)."""

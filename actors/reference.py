@@ -15,9 +15,11 @@ class ReferenceActor:
         from transformers import AutoModelForCausalLM
 
         from actors.logs import redirect_output
+        from actors.startup import no_gc_while_starting
 
         redirect_output(log_dir, "reference")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+        with no_gc_while_starting():
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
         self.model.requires_grad_(False)
         self.temperature, self.micro = temperature, micro
 

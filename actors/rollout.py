@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from actors.hf_engine import HfEngine
+from actors.startup import no_gc_while_starting
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
 from rlpt.errors import RunFault
@@ -113,8 +114,9 @@ class RolloutWorker:
 
         redirect_output(log_dir, name)
         self.name, self.eos_ids = name, frozenset(opts.eos_ids)
-        self.engine = ENGINES[opts.engine](opts)
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        with no_gc_while_starting():
+            self.engine = ENGINES[opts.engine](opts)
+            self.tokenizer = load_tokenizer(tokenizer_path)
         self.policy_version = 0
 
     def decode(self, ids: Sequence[int]) -> str:

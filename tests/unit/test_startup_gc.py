@@ -1,0 +1,43 @@
+"""actors.startup.no_gc_while_starting: automatic collection is off inside, and after the block start-up's cycles
+are freed, the survivors frozen and the collector's previous state restored (a nested block changes nothing)."""
+
+import gc
+import weakref
+
+from actors.startup import no_gc_while_starting
+
+
+class Node:
+    pass
+
+
+def test_off_inside_then_collected_frozen_and_restored():
+    assert gc.isenabled()
+    try:
+        with no_gc_while_starting():
+            assert not gc.isenabled()
+            with no_gc_while_starting():
+                assert not gc.isenabled()
+            assert not gc.isenabled()  # the inner block did not turn it back on
+            a, b = Node(), Node()
+            a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+            dead = weakref.ref(a)
+            del a, b
+            kept = Node()
+            assert dead() is not None  # no collection ran inside
+        assert gc.isenabled()
+        assert dead() is None  # collected at the end of the block
+        assert gc.get_freeze_count() > 0 and gc.is_tracked(kept)
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_a_disabled_collector_stays_disabled():
+    gc.disable()
+    try:
+        with no_gc_while_starting():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
