@@ -62,7 +62,13 @@ class VllmEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.cpu_kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        import torch._dynamo
         from vllm import LLM
+
+        # The model runs eagerly (enforce_eager below); vLLM's sampler still wraps a helper in torch.compile (the
+        # rank of each sampled token's logprob, an exact integer count), which costs the first generate ~2 s of
+        # inductor compilation on CPU. Eager, it is the same count; in this process only vLLM compiles.
+        torch._dynamo.config.disable = True
 
         self.llm = LLM(
             model=opts.model_path, tokenizer=opts.model_path, dtype=opts.dtype, seed=opts.seed,
