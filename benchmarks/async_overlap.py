@@ -8,10 +8,10 @@ and with a slow one (`benchmarks.slow_verifier:numeric_slow`, +4 ms per sample).
     .venv/bin/python benchmarks/async_overlap.py --smoke     # 4 steps, slow verifier only; prints, writes nothing
 
 Per run (medians over the steps after the first 3): step seconds, the phases (rollout = the engine round, verify =
-scoring that did not overlap it, train, sync, wait = the learner waiting for samples or for the producer before a
-sync), max(rollout + verify, train) = what a step would cost with perfect overlap, the step's ratio to that bound
-and to the sync run's step, and the mean reward of the first and last 10 steps. A full run writes the table to
-benchmarks/RESULTS.md (section "Async overlap").
+scoring that did not overlap it, train and the part of it inside the learner rank, sync, wait = the learner waiting
+for samples or for the producer before a sync), max(rollout + verify, train) = what a step would cost with perfect
+overlap, the step's ratio to that bound and to the sync run's step, and the mean reward of the first and last 10
+steps. A full run writes the table to benchmarks/RESULTS.md (section "Async overlap").
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
     rewards = [r["reward/mean"] for r in rows]
     k = min(10, len(rewards))
     out = {"run": name, "steps": len(rows), "wall_s": round(wall, 1),
-           **{p: round(med(f"timing/{p}"), 4) for p in ("step", "rollout", "verify", "reference", "train", "sync",
-                                                         "wait")},
+           **{p: round(med(f"timing/{p}"), 4) for p in ("step", "rollout", "verify", "reference", "train",
+                                                         "train_learner", "sync", "wait")},
            "reward_first": round(sum(rewards[:k]) / k, 3), "reward_last": round(sum(rewards[-k:]) / k, 3),
            "staleness_max": max(r.get("staleness/max", 0.0) for r in rows)}
     out["bound"] = round(max(out["rollout"] + out["verify"] + out["reference"], out["train"]), 4)
@@ -97,12 +97,13 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| verifier | mode | step s | rollout s | verify s | train s | sync s | wait s | max(rollout + verify, "
-             "train) | step / max | step / sync step | reward first 10 -> last 10 | max staleness |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| verifier | mode | step s | rollout s | verify s | train s | of which in the learner s | sync s | wait s | "
+             "max(rollout + verify, train) | step / max | step / sync step | reward first 10 -> last 10 | "
+             "max staleness |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['verifier']} | {r['mode']} | {r['step']:.3f} | {r['rollout']:.3f} | {r['verify']:.3f} | "
-                     f"{r['train']:.3f} | {r['sync']:.3f} | {r['wait']:.3f} | {r['bound']:.3f} | "
+                     f"{r['train']:.3f} | {r['train_learner']:.3f} | {r['sync']:.3f} | {r['wait']:.3f} | {r['bound']:.3f} | "
                      f"{r['step_over_bound']:.2f} | {r['vs_sync']:.2f} | {r['reward_first']:.3f} -> "
                      f"{r['reward_last']:.3f} | {r['staleness_max']:.0f} |")
     return "\n".join(lines)
