@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -65,6 +66,7 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
                              "cluster.threads_per_actor=1", "run.tensorboard=false",
                              *overrides])
     run_dir = root / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # an earlier run's metrics rows must not enter the medians
     prep = prepare(cfg, run_dir)
     graph = build_graph(cfg, prep)
     try:

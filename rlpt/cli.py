@@ -132,6 +132,15 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_a_used_run_dir(run_dir: Path) -> None:
+    """A new run must not write into an earlier run's directory: its metrics rows would follow the old ones in one
+    file, and `--resume` would later pick whichever checkpoint is newest, of either run."""
+    used = [name for name in ("metrics.jsonl", "checkpoints") if (run_dir / name).exists()]
+    if used:
+        raise UsageError(f"{run_dir} already holds a run ({', '.join(used)}): continue it with `rlpt train --resume "
+                         f"{run_dir}`, or give this run another run.name / --run-dir (or delete that directory)")
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -148,6 +157,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         cfg = _load(ns.args)
         run_dir = Path(ns.run_dir) if ns.run_dir else Path(cfg.run.root) / cfg.run.name
+        refuse_a_used_run_dir(run_dir)
     # The preflight runs before the actor stack is imported (torch, Ray, DeepSpeed): a setup that cannot work fails
     # in about a second. A resumed run checks its checkpoint first (actors.launch.train prepares it then).
     prep = None if ns.resume else prepare(cfg, run_dir)

@@ -203,3 +203,18 @@ def test_every_runtime_fault_shares_the_one_base_class_the_cli_catches():
               RolloutWorkerLost, SyncMismatchError, VerifierWorkerLost, SyncGroupError]
     assert all(issubclass(f, RunFault) for f in faults)
     assert all(issubclass(f, TimeoutError) for f in faults if f.__name__.endswith("Timeout"))
+
+
+def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path, capsys):
+    """Metrics rows of two runs in one file, and `--resume` picking the newest checkpoint of either: a new run in
+    an earlier run's directory stops before the preflight (exit 2), naming `--resume`; an empty one is fine."""
+    for used in ("metrics.jsonl", "checkpoints"):
+        run = tmp_path / f"r-{used.split('.')[0]}"
+        run.mkdir()
+        (run / used).touch() if "." in used else (run / used).mkdir()
+        assert main(["train", f"run.root={tmp_path}", f"run.name={run.name}", "model.path=/no/such/model"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} already holds a run ({used})" in err and f"rlpt train --resume {run}" in err
+    (tmp_path / "fresh").mkdir()  # exists but empty: the preflight runs (and fails on the missing model)
+    assert main(["train", f"run.root={tmp_path}", "run.name=fresh", "model.path=/no/such/model"]) == 2
+    assert "already holds a run" not in capsys.readouterr().err
