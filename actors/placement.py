@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 from types import ModuleType
 from typing import Any
 
@@ -120,7 +121,10 @@ def shutdown_ray() -> None:
     for info in monitors:
         if info.process.poll() is None:
             info.process.kill()
-            info.process.wait(timeout=5)
+            try:
+                info.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # stuck in the kernel (D state): ray.shutdown below still runs
+                pass
     ray.shutdown()
 
 
