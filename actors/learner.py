@@ -241,9 +241,10 @@ class LearnerRank:
         """Rank 0's side of the rendezvous; it offers shared memory sized to its plan's largest bucket."""
         self.group = WeightGroup(spec, 0, store=self._store, slot_bytes=self._sync_plan().max_bucket_bytes)
 
-    def send_weights(self, version: int) -> None:
+    def send_weights(self, version: int, confirm: bool = True) -> None:
         """Rank 0 sends bucket by bucket; under ZeRO-3 every other rank joins each part's gather, in plan order
-        (rank 0 enters them all even when the transfer fails, so no rank is left inside a gather)."""
+        (rank 0 enters them all even when the transfer fails, so no rank is left inside a gather). `confirm=False`:
+        return without waiting for the members to finish loading (WeightGroup.send)."""
         plan, weights = self._sync_plan(), self._sync_weights()
         part = plan.max_bucket_bytes // 4  # ZeRO-3 gathers (actors/learner_weights.py): rank 0 stays under 2 buckets
         if self.rank != 0:
@@ -252,7 +253,7 @@ class LearnerRank:
                     pass
             return
         assert self.group is not None, "join_sync_group first"
-        self.group.send(plan, version, lambda i: weights.parts(plan.buckets[i], part))
+        self.group.send(plan, version, lambda i: weights.parts(plan.buckets[i], part), confirm)
 
     def sync_stats(self) -> dict[str, float | str]:
         """Figures of this rank's last send: the transport and seconds per phase (rank 0), and the most parameter
@@ -363,6 +364,6 @@ class LearnerGroup:
     def load_state(self, in_dir: Path) -> None:
         self._all("load_state", [r.load_state.remote(str(in_dir)) for r in self.ranks])
 
-    def send_refs(self, version: int) -> list[Any]:
+    def send_refs(self, version: int, confirm: bool = True) -> list[Any]:
         """Start `send_weights` on every rank (rank 0 broadcasts; others join ZeRO-3 gathers)."""
-        return [r.send_weights.remote(version) for r in self.ranks]
+        return [r.send_weights.remote(version, confirm) for r in self.ranks]

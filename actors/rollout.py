@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from actors.calls import first_line
 from actors.hf_engine import HfEngine
 from actors.startup import no_gc_while_starting
 from actors.weight_sync import GroupSpec
@@ -124,6 +125,14 @@ class RolloutWorker:
             self.engine = ENGINES[opts.engine](opts)
             self.tokenizer = load_tokenizer(tokenizer_path)
         self.policy_version = 0
+        self.unloaded: str | None = None  # why the engine's weights are not a whole version (a failed receive)
+
+    def _whole_weights(self) -> None:
+        """A receive that failed part-way leaves a mix of two versions in the engine; in the asynchronous loop
+        the driver learns of it only at the next sync (EngineSync.hand_off), so this engine refuses to serve."""
+        if self.unloaded is not None:
+            raise RuntimeError(f"{self.name}: its weights are not a whole version ({self.unloaded}); the next "
+                               f"successful sync restores them")
 
     def decode(self, ids: Sequence[int]) -> str:
         return decode_completion(self.tokenizer, ids, self.eos_ids)
@@ -143,6 +152,7 @@ class RolloutWorker:
         (partial rollouts) ends its prompt ids with the `prefix_lens[j]` response tokens sampled so far: the text is
         decoded from those plus the new ones (decoding pieces apart would lose e.g. a SentencePiece leading
         space); the ids and logprobs returned are the new ones only."""
+        self._whole_weights()
         start = time.perf_counter()
         outs = self.engine.generate([p.prompt_ids for p in prompts], seeds, spec)
         engine_s = time.perf_counter() - start
@@ -156,6 +166,7 @@ class RolloutWorker:
         ], engine_s
 
     def probe(self, ids: Sequence[int]) -> list[float]:
+        self._whole_weights()
         return self.engine.prompt_logprobs(ids)
 
     def join_sync(self, spec: GroupSpec, rank_base: int) -> list[int]:
@@ -163,8 +174,13 @@ class RolloutWorker:
 
     def receive_weights(self, plan: SyncPlan, version: int) -> float:
         start = time.perf_counter()
-        self.engine.receive_weights(plan, version)
-        self.policy_version = version
+        self.unloaded = f"loading v{version} did not finish"
+        try:
+            self.engine.receive_weights(plan, version)
+        except BaseException as e:
+            self.unloaded = f"loading v{version} failed: {first_line(e)}"
+            raise
+        self.policy_version, self.unloaded = version, None
         return time.perf_counter() - start
 
     def get_version(self) -> int:

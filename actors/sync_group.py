@@ -115,6 +115,7 @@ class EngineSync:
         self.plan, self.probe_ids, self.tolerance, self.timeout_s = plan, list(probe_ids), tolerance, timeout_s
         self.probe_every = probe_every
         self.probed_generation = -1  # the group generation whose members were last probed
+        self.loading: tuple[list[Any], list[str], int] | None = None  # the last hand-off's loads (refs, names, v)
 
     def _wait(self, what: str, refs: list[Any], labels: list[str]) -> list[Any]:
         """A member that dies inside the broadcast fails the sync at once, naming it (its peers' collective would
@@ -154,15 +155,59 @@ class EngineSync:
         return worst
 
     def sync(self, version: int) -> SyncReport:
+        """Send `version` and return once every member has loaded it (the synchronous loop)."""
+        return self._sync(version, wait_for_members=True)
+
+    def hand_off(self, version: int) -> SyncReport:
+        """Send `version` and return once the learner's side is done, while the members still load it (the
+        asynchronous loop: the learner goes on training instead of waiting for the engines' reload, which the
+        engines do before their next round). Ray runs one caller's calls to an actor in the order they were made,
+        so a member's next call (a generate, a probe, an evaluation) starts after its load. Whether the load
+        succeeded is checked at the next sync (`settle`); until then a member whose load failed refuses to
+        generate (RolloutWorker). The report's seconds are the learner's side."""
+        return self._sync(version, wait_for_members=False)
+
+    def settle(self) -> None:
+        """Wait for the members' loads of the last hand-off. One that died in it is the fleet's to replace at this
+        step boundary, like one that dies generating (if it answered a chunk since, the send fails and `repair`
+        replaces it); one that failed otherwise, or is late past the timeout, fails the sync, named."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        if self.loading is None:
+            return
+        (refs, names, version), self.loading = self.loading, None
+        ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        for name, ref in zip(names, refs):
+            try:
+                ray.get(ref, timeout=0)
+            except RayActorError as e:
+                print(f"[rlpt] {name} died while loading weights v{version} ({first_line(e)}); the fleet replaces "
+                      f"it", file=sys.stderr)
+            except GetTimeoutError:
+                raise SyncGroupError(f"weight sync v{version}: {name} did not finish loading within "
+                                     f"{self.timeout_s}s") from None
+            except Exception as e:  # noqa: BLE001 - the member's own error (a RayTaskError wraps it), named
+                cause = getattr(e, "cause", None) or e
+                raise SyncGroupError(f"weight sync v{version}: {name} failed to load: {type(cause).__name__}: "
+                                     f"{first_line(cause)}") from e
+
+    def _sync(self, version: int, wait_for_members: bool) -> SyncReport:
+        self.settle()
         self.membership.before_sync()
         start, retries = time.perf_counter(), 0
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
             workers, names = self.membership.members()
-            send = self.learner.send_refs(version)
+            hand_off = not wait_for_members and attempt == 1  # a retry after a repair waits: rare, and simpler
+            send = self.learner.send_refs(version, confirm=not hand_off)
             recv = [w.receive_weights.remote(self.plan, version) for w in workers]
             labels = [f"learner rank {i}" for i in range(len(send))] + names
             try:
-                self._wait(f"weight sync v{version}", send + recv, labels)
+                if hand_off:
+                    self._wait(f"weight sync v{version}", send, labels[:len(send)])
+                    self.loading = (recv, names, version)
+                else:
+                    self._wait(f"weight sync v{version}", send + recv, labels)
                 break
             except SyncGroupError as e:
                 lost = self.membership.repair(send, recv) if attempt < self.MAX_ATTEMPTS else []

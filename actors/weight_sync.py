@@ -80,6 +80,7 @@ class WeightGroup:
         self.spec, self.rank = spec, rank
         self.slot: SharedSlot | None = None
         self.times: dict[str, float] = {}  # seconds per phase of the last send/receive (benchmarks, profiles)
+        self.unconfirmed: tuple[SyncPlan, int] | None = None  # rank 0: sent with confirm=False, not yet settled
         timeout = timedelta(seconds=spec.timeout_s)
         if store is None:
             try:
@@ -169,7 +170,7 @@ class WeightGroup:
                 self.slot.unlink()  # already gone after a successful rendezvous; this covers a failed one
         if self.transport is not None:
             self.transport.close()
-        self.transport = None  # type: ignore[assignment]
+        self.transport, self.unconfirmed = None, None  # type: ignore[assignment]
         self.pg = self.store = self.slot = None  # type: ignore[assignment]
 
     def members(self) -> range:
@@ -180,13 +181,18 @@ class WeightGroup:
                               f"within {self.spec.timeout_s}s: {error}")
 
     # ---------------------------------------------------------------------------------------------- sender
-    def send(self, plan: SyncPlan, version: int, parts: Callable[[int], Parts]) -> None:
+    def send(self, plan: SyncPlan, version: int, parts: Callable[[int], Parts], confirm: bool = True) -> None:
         """Rank 0: send every bucket. `parts(i)` yields bucket i's named tensors in parts (a ZeRO-3 learner gathers
         each part when asked: a collective of every learner rank). Every part is asked for even after the transport
-        failed, so the other learner ranks finish their gathers; then the failure is raised."""
-        self.times = {"gather": 0.0, "put": 0.0, "end": 0.0}
+        failed, so the other learner ranks finish their gathers; then the failure is raised.
+
+        `confirm=False` returns once the last bucket is handed over, while the members may still be loading it: the
+        wait for their confirmation moves to the start of the next send (or `settle()`), before anything of the
+        next version touches the transport's memory. A member that fails to load is then named by that next send."""
+        self.times = {"gather": 0.0, "put": 0.0, "end": 0.0, "settle": 0.0}
         error: SyncGroupError | None = None
         try:
+            self.settle()
             self.transport.begin(plan, version)
         except SyncGroupError as e:
             error = e
@@ -203,9 +209,24 @@ class WeightGroup:
             self.times["put"] += time.perf_counter() - start - (self.times["gather"] - gathered)
         if error is not None:
             raise error
+        self.unconfirmed = (plan, version)
+        if confirm:
+            start = time.perf_counter()
+            self._confirmed()
+            self.times["end"] = time.perf_counter() - start
+
+    def settle(self) -> None:
+        """Rank 0: wait until every member confirmed loading the last version sent (no-op when it already did)."""
         start = time.perf_counter()
-        self.transport.end(plan, version)
-        self.times["end"] = time.perf_counter() - start
+        try:
+            self._confirmed()
+        finally:
+            self.times["settle"] = time.perf_counter() - start
+
+    def _confirmed(self) -> None:
+        if self.unconfirmed is not None:
+            (plan, version), self.unconfirmed = self.unconfirmed, None
+            self.transport.end(plan, version)
 
     # -------------------------------------------------------------------------------------------- receiver
     def receive(self, plan: SyncPlan, version: int, borrow: bool = False) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,6 +1,7 @@
 """The asynchronous online loop (rollout.max_staleness = K >= 1): the rollout engines generate and the verifiers
 score the steps ahead (rlpt.loops.producer, a driver thread) while the learner trains, so a step costs about
-max(generation, training) + sync instead of their sum. Same algorithms, hooks, metrics and files as the
+max(generation + the engines' weight load, training + the learner's side of the sync) instead of their sum: the
+sync is a hand-off (EngineSync.hand_off), the learner does not wait for the engines to load the new weights. Same algorithms, hooks, metrics and files as the
 synchronous loop (rlpt/loops/online.py, which K = 0 runs unchanged).
 
 The bound is strict and checked where samples are consumed: a group is trained on at learner version u only if
@@ -88,8 +89,8 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
                     metrics.update(train_batch(algo, w, batch, step, timer))
                     with timer.phase("wait"):
                         producer.before_sync(step)
-                    with timer.phase("sync"), producer.engines:
-                        report = w.sync.sync(version + 1)
+                    with timer.phase("sync"), producer.engines:  # the engines load it before their next round
+                        report = w.sync.hand_off(version + 1)
                     version = report.version
                     metrics.update(report.as_metrics())
                 producer.trained(step)

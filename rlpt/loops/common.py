@@ -58,7 +58,9 @@ class ResettableLearner(LearnerService, Protocol):
 
 
 class SyncService(Protocol):
-    def sync(self, version: int) -> SyncReport: ...
+    def sync(self, version: int) -> SyncReport: ...  # returns once every engine holds `version`
+
+    def hand_off(self, version: int) -> SyncReport: ...  # returns once sent; engines load it before their next call
 
 
 class HealthService(Protocol):

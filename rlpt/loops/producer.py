@@ -15,7 +15,7 @@ therefore waits for the producer's current round (its chunks finish on the old w
 changes the fleet under a running round.
 
 The producer also builds each step's batch and asks the reference model for its logprobs (a frozen reference:
-they depend on the samples only), so the learner's path is train + sync.
+they depend on the samples only), so the learner's path is train + its side of the sync.
 
 Streaming verification: each chunk is scored (on one verifier thread, so the verifier pool sees one call at a
 time) as soon as the engines return it, while the engines go on; a step is ready when its last chunk is scored.

@@ -73,6 +73,8 @@ class FakeSync:
         self.rollout.version = version
         return SyncReport(0.0, 0.0, version)
 
+    hand_off = sync  # in-process: the fake engines hold the version at once
+
 
 def prompts(n, same_every=0):
     return [Prompt(uid=f"p{i}" + ("same" if same_every and i % same_every == 0 else ""), text="q", answer="1",

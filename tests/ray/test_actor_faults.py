@@ -119,8 +119,8 @@ def test_engine_dying_inside_the_weight_sync_is_replaced_and_the_version_sent_ag
     learner, victim = graph.sync.learner, graph.pool.workers[0]
     real_send_refs = learner.send_refs
 
-    def send_refs_then_kill(version):
-        refs = real_send_refs(version)
+    def send_refs_then_kill(version, confirm=True):
+        refs = real_send_refs(version, confirm)
         if version == 3 and victim in graph.pool.workers:  # rank 0 is inside the broadcast: kill a member
             ray_cluster.kill(victim)
             with pytest.raises(RayActorError):

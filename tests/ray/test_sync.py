@@ -55,6 +55,19 @@ def test_engines_equal_learner_after_sync_and_differ_before(ray_cluster, tiny_ro
             assert all(s["max_gathered_bytes"] == 0 for s in stats)
         again = w.rollout.generate(prompts[:2], [1, 2], sampling_spec(cfg))
         assert {r.policy_version for r in again} == {1}
+        # The asynchronous loop's hand-off: the learner does not wait for the engines' reload (its send ends without
+        # the confirmation wait); each engine's next call runs after its load (Ray keeps one caller's calls to an
+        # actor in order), and the next sync settles the loads.
+        w.learner.train_step(batch, 1)
+        want = w.learner.probe(graph.sync.probe_ids)
+        assert w.sync.hand_off(2).version == 2 and graph.sync.loading is not None
+        assert ray_cluster.get(graph.learner_ranks[0].sync_stats.remote())["end"] == 0.0
+        assert [ray_cluster.get(e.get_version.remote()) for e in graph.engines] == [2, 2]
+        for lps in [ray_cluster.get(e.probe.remote(graph.sync.probe_ids)) for e in graph.engines]:
+            torch.testing.assert_close(torch.tensor(lps), torch.tensor(want), atol=1e-4, rtol=0)
+        assert {r.policy_version for r in w.rollout.generate(prompts[:2], [1, 2], sampling_spec(cfg))} == {2}
+        graph.sync.settle()
+        assert graph.sync.loading is None
         # vLLM's per-reload lines (actors.vllm_worker.PerReloadNoise) stay out of the engines' logs
         logs = sorted((tiny_root / f"sync-zero{stage}" / "logs").glob("rollout-*.log"))
         assert len(logs) == 2 and all("vLLM" in p.read_text() for p in logs)  # the engines do log there

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,9 +41,10 @@ def spec(port: int, transport: str = "auto", timeout: float = 30.0) -> GroupSpec
 
 
 def member(port: int, rank: int, transport: str, timeout: float, versions: list[int], behaviour: str,
-           out: mp.Queue) -> None:
+           out: mp.Queue, gate: Any = None) -> None:
     """A member process: join, then per version load every tensor, holding the views (or misbehave; "borrow":
-    receive views of the transport's own memory and copy each out; "borrow-hold": the same views, kept)."""
+    receive views of the transport's own memory and copy each out; "borrow-hold": the same views, kept; "gated":
+    load the last tensor of the first version only once `gate` is set)."""
     if behaviour == "cannot-map":
         SharedSlot.attach = staticmethod(lambda described: None)  # as if on another node
     out.put(("starting", rank))  # imports done: the rendezvous itself may now be held to a short timeout
@@ -58,6 +60,8 @@ def member(port: int, rank: int, transport: str, timeout: float, versions: list[
                         os._exit(3)
                     if behaviour == "slow" and n == 2:
                         time.sleep(timeout * 2)
+                    if behaviour == "gated" and v == versions[0] and n == plan().num_tensors - 1:
+                        gate.wait()
                     # no copy: a later bucket must not overwrite these (unless borrowed: "borrow" copies at once)
                     held.append((name, t.clone() if behaviour == "borrow" else t))
 
@@ -69,10 +73,10 @@ def member(port: int, rank: int, transport: str, timeout: float, versions: list[
 
 
 def start(transport: str = "auto", behaviours: tuple[str, str] = ("ok", "ok"), versions: tuple[int, ...] = (1,),
-          timeout: float = 30.0):
+          timeout: float = 30.0, gate: Any = None):
     store = host_store("127.0.0.1", timeout)
     out = CTX.Queue()
-    procs = [CTX.Process(target=member, args=(store.port, r, transport, timeout, list(versions), b, out))
+    procs = [CTX.Process(target=member, args=(store.port, r, transport, timeout, list(versions), b, out, gate))
              for r, b in zip((1, 2), behaviours)]
     for p in procs:
         p.start()
@@ -91,10 +95,10 @@ def our_shm_files() -> list[Path]:
     return sorted(SHM_DIR.glob(f"{SHM_PREFIX}{os.getpid()}-*"))
 
 
-def send(group: WeightGroup, version: int) -> None:
+def send(group: WeightGroup, version: int, confirm: bool = True) -> None:
     w, p = weights(version), plan()
     # Two parts per bucket when it has two tensors or more, as a ZeRO-3 learner gathers them.
-    group.send(p, version, lambda i: iter([{s.name: w[s.name]} for s in p.buckets[i].slots]))
+    group.send(p, version, lambda i: iter([{s.name: w[s.name]} for s in p.buckets[i].slots]), confirm)
 
 
 def close(group: WeightGroup | None, procs: list) -> None:
@@ -128,6 +132,48 @@ def test_every_version_arrives_bit_identical_and_nothing_stays_in_dev_shm(transp
         close(group, procs)
         del store
     assert our_shm_files() == []
+
+
+@pytest.mark.parametrize("transport", ["shm", "broadcast"])
+def test_a_send_without_confirmation_returns_while_members_load_and_the_next_send_waits_for_them(transport):
+    """confirm=False (the asynchronous loop's hand-off): rank 0 returns once the last bucket is handed over, the
+    members still loading it; the next send first waits for their confirmation, then delivers the next version
+    whole. The members here cannot finish v1 until the gate opens, so a send that waited for them would time out."""
+    gate = CTX.Event()
+    store, out, procs = start(transport, behaviours=("gated", "gated"), versions=(1, 2), gate=gate)
+    group = None
+    try:
+        group = WeightGroup(spec(store.port, transport), 0, store=store, slot_bytes=plan().max_bucket_bytes)
+        messages(out, 2)
+        send(group, 1, confirm=False)
+        assert group.unconfirmed is not None and group.times["end"] == 0.0
+        assert out.empty()  # both members are still inside v1's last tensor
+        gate.set()
+        send(group, 2)
+        got = sorted(messages(out, 4), key=lambda m: (m[2], m[1]))
+        assert [(m[0], m[1], m[2], m[3]) for m in got] == [
+            ("got", r, v, state_checksum(weights(v).items())) for v in (1, 2) for r in (1, 2)]
+        assert group.unconfirmed is None
+    finally:
+        gate.set()
+        close(group, procs)
+        del store
+
+
+def test_members_that_never_confirm_a_deferred_version_are_named_by_the_next_send():
+    gate = CTX.Event()
+    store, out, procs = start("shm", behaviours=("gated", "ok"), versions=(1, 2), timeout=2.0, gate=gate)
+    group = None
+    try:
+        group = WeightGroup(spec(store.port, "shm", 2.0), 0, store=store, slot_bytes=plan().max_bucket_bytes)
+        messages(out, 2)
+        send(group, 1, confirm=False)
+        with pytest.raises(SyncGroupError, match=r"rollout-0 did not confirm loading v1 within 2.0s"):
+            send(group, 2)
+    finally:
+        gate.set()
+        close(group, procs)
+        del store
 
 
 def test_a_borrowing_loader_reads_the_slot_itself_without_a_private_copy():
