@@ -31,6 +31,49 @@ def test_rows_masks_and_advantages():
     assert b.rollout_logprobs_B_T[1, 2].item() == pytest.approx(-0.4)
 
 
+def token_rows_one_row_at_a_time(scored, advantages_B, pad_id):
+    """token_rows as it was before it built its rows as lists (one tensor write per row): the reference."""
+    seqs = [list(s.rollout.prompt.prompt_ids) + list(s.rollout.response_ids_T) for s in scored]
+    B, T = len(seqs), max(len(x) for x in seqs)
+    ids, attn = torch.full((B, T), pad_id, dtype=torch.long), torch.zeros((B, T), dtype=torch.long)
+    mask, logp = torch.zeros((B, T), dtype=torch.float32), torch.zeros((B, T), dtype=torch.float32)
+    for b, (s, seq) in enumerate(zip(scored, seqs)):
+        n_prompt, n_resp = len(s.rollout.prompt.prompt_ids), len(s.rollout.response_ids_T)
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attn[b, : len(seq)] = 1
+        mask[b, n_prompt : n_prompt + n_resp] = (torch.tensor(s.rollout.loss_mask_T, dtype=torch.float32)
+                                                if s.rollout.loss_mask_T else 1.0)
+        logp[b, n_prompt : n_prompt + n_resp] = torch.tensor(s.rollout.logprobs_T, dtype=torch.float32)
+    return ids, attn, mask, advantages_B.view(-1, 1).float() * mask, logp
+
+
+def test_rows_equal_the_row_at_a_time_construction_bit_for_bit():
+    import random
+    from dataclasses import replace
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(64):
+        n = rng.randrange(0, 12)
+        row = scored(f"p{i // 4}", [rng.randrange(90) for _ in range(rng.randrange(1, 9))],
+                     [rng.randrange(90) for _ in range(n)], float(i % 3 == 0), [rng.uniform(-9, 0) for _ in range(n)])
+        if i % 5 == 0:  # a multi-turn row: some response tokens are observations
+            row = replace(row, rollout=replace(row.rollout, loss_mask_T=tuple(rng.randrange(2) for _ in range(n))))
+        rows.append(row)
+    adv = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    b = token_rows(rows, adv, pad_id=3)
+    got = (b.input_ids_B_T, b.attention_mask_B_T, b.loss_mask_B_T, b.advantages_B_T, b.rollout_logprobs_B_T)
+    for g, want in zip(got, token_rows_one_row_at_a_time(rows, adv, 3)):
+        assert g.dtype == want.dtype and torch.equal(g, want)
+    assert b.positive_B.tolist() == [float(i % 3 == 0) for i in range(64)]
+
+
+def test_a_rollout_whose_logprobs_do_not_match_its_tokens_is_named():
+    bad = scored("q7", [1, 2], [3, 4], 1.0, [-0.5])
+    with pytest.raises(ValueError, match=r"rollout q7#0: 2 response tokens but 1 logprobs"):
+        token_rows([bad], torch.tensor([1.0]), pad_id=0)
+
+
 def test_multi_turn_rows_train_only_the_models_tokens():
     """A two-turn trajectory (model 2 tokens, observation 3, model 1) next to a one-turn rollout: observation tokens
     get no loss, no advantage, no logprob; token-mean weights count the model's 3 + 1 tokens only."""
