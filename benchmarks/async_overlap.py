@@ -10,8 +10,10 @@ and with a slow one (`benchmarks.slow_verifier:numeric_slow`, +4 ms per sample).
 Per run (medians over the steps after the first 3): step seconds, the phases (rollout = the engine round, verify =
 scoring that did not overlap it, train and the part of it inside the learner rank, sync, wait = the learner waiting
 for samples or for the producer before a sync), max(rollout + verify, train) = what a step would cost with perfect
-overlap, the step's ratio to that bound and to the sync run's step, and the mean reward of the first and last 10
-steps. A full run writes the table to benchmarks/RESULTS.md (section "Async overlap").
+overlap, the step's ratio to that bound and to the sync run's step, the mean reward of the first and last 10
+steps, and how busy the machine's cores were over the run (CPU seconds of every process / wall / cores: near 100%
+the cores themselves bound the step, whatever overlaps). A full run writes the table to benchmarks/RESULTS.md
+(section "Async overlap").
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def pin(pid: int, cores: set[int]) -> None:
             pass
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by every process now alive on this machine: sampled before and
+    after a run, the difference over the run's wall time x cores is how busy the cores were (the driver's threads
+    and Ray's own processes land on the learner's and the engine's cores too)."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str, Any]:
     from actors.launch import build_graph, run_on_graph, shutdown
     from rlpt.config import load_config
@@ -76,9 +93,10 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
             pin(pid, learner)
         for pid in actor_pids("RolloutWorker"):
             pin(pid, engine)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), machine_cpu_s()
         run_on_graph(cfg, graph, prep, run_dir, None)
         wall = time.perf_counter() - t
+        busy = (machine_cpu_s() - cpu) / (wall * len(cores))
     finally:
         shutdown(graph)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -92,7 +110,7 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
            **{p: round(med(f"timing/{p}"), 4) for p in ("step", "rollout", "verify", "reference", "train",
                                                          "train_learner", "sync", "wait")},
            "reward_first": round(sum(rewards[:k]) / k, 3), "reward_last": round(sum(rewards[-k:]) / k, 3),
-           "staleness_max": max(r.get("staleness/max", 0.0) for r in rows)}
+           "staleness_max": max(r.get("staleness/max", 0.0) for r in rows), "cores_busy": round(busy, 3)}
     out["bound"] = round(max(out["rollout"] + out["verify"] + out["reference"], out["train"]), 4)
     out["step_over_bound"] = round(out["step"] / out["bound"], 3) if out["bound"] else None
     return out
@@ -101,13 +119,13 @@ def run_one(root: Path, name: str, steps: int, overrides: list[str]) -> dict[str
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| verifier | mode | step s | rollout s | verify s | train s | of which in the learner s | sync s | wait s | "
              "max(rollout + verify, train) | step / max | step / sync step | reward first 10 -> last 10 | "
-             "max staleness |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max staleness | cores busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['verifier']} | {r['mode']} | {r['step']:.3f} | {r['rollout']:.3f} | {r['verify']:.3f} | "
                      f"{r['train']:.3f} | {r['train_learner']:.3f} | {r['sync']:.3f} | {r['wait']:.3f} | {r['bound']:.3f} | "
                      f"{r['step_over_bound']:.2f} | {r['vs_sync']:.2f} | {r['reward_first']:.3f} -> "
-                     f"{r['reward_last']:.3f} | {r['staleness_max']:.0f} |")
+                     f"{r['reward_last']:.3f} | {r['staleness_max']:.0f} | {100 * r['cores_busy']:.0f}% |")
     return "\n".join(lines)
 
 
