@@ -237,9 +237,11 @@ class LearnerRank:
             self.group.close()
         self.group = self._store = None
 
-    def join_sync_group(self, spec: GroupSpec) -> None:
-        """Rank 0's side of the rendezvous; it offers shared memory sized to its plan's largest bucket."""
+    def join_sync_group(self, spec: GroupSpec) -> str:
+        """Rank 0's side of the rendezvous; it offers shared memory sized to its plan's largest bucket. Returns the
+        transport the group chose."""
         self.group = WeightGroup(spec, 0, store=self._store, slot_bytes=self._sync_plan().max_bucket_bytes)
+        return self.group.transport_name
 
     def send_weights(self, version: int, confirm: bool = True) -> None:
         """Rank 0 sends bucket by bucket; under ZeRO-3 every other rank joins each part's gather, in plan order

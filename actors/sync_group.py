@@ -37,6 +37,7 @@ class SyncMembership:
         """`reference` is the reference actor when it is a member (it follows the policy), else None."""
         self.cfg, self.rank0, self.host, self.fleet, self.reference = cfg, rank0, host, fleet, reference
         self.generation = 0
+        self.transport = ""  # what the current generation's rank 0 chose: "shm" or "broadcast"
         self.join_timeout_s = cfg.sync.timeout_s + 30
 
     def members(self) -> tuple[list[Any], list[str]]:
@@ -64,7 +65,7 @@ class SyncMembership:
                          transport=cfg.sync.transport)
         joins = [self.rank0.join_sync_group.remote(spec)] + [a.join_sync.remote(spec, b) for a, b in zip(actors, bases)]
         try:
-            gather("weight-sync group", joins, ["learner rank 0", *names], self.join_timeout_s)
+            self.transport = gather("weight-sync group", joins, ["learner rank 0", *names], self.join_timeout_s)[0]
         except ActorCallTimeout as e:
             raise SyncGroupError(str(e)) from None
 
@@ -164,8 +165,12 @@ class EngineSync:
         engines do before their next round). Ray runs one caller's calls to an actor in the order they were made,
         so a member's next call (a generate, a probe, an evaluation) starts after its load. Whether the load
         succeeded is checked at the next sync (`settle`); until then a member whose load failed refuses to
-        generate (RolloutWorker). The report's seconds are the learner's side."""
-        return self._sync(version, wait_for_members=False)
+        generate (RolloutWorker). The report's seconds are the learner's side.
+
+        Only over shared memory (one node): there each member copies from rank 0's slot on its own, so one that
+        dies cannot hold up another. Over broadcast (other nodes, NCCL) members pass each bucket along one
+        collective, and a death inside it must be seen at once to repair the group: that waits as `sync` does."""
+        return self._sync(version, wait_for_members=self.membership.transport != "shm")
 
     def settle(self) -> None:
         """Wait for the members' loads of the last hand-off. One that died in it is the fleet's to replace at this

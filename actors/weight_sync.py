@@ -196,6 +196,8 @@ class WeightGroup:
             self.transport.begin(plan, version)
         except SyncGroupError as e:
             error = e
+        except Exception as e:  # noqa: BLE001 - e.g. the store; the parts below must still be asked for
+            error = self.fail(f"starting v{version}", e)
         for i in range(len(plan.buckets)):
             start, gathered = time.perf_counter(), self.times["gather"]
             bucket_parts = _timed(parts(i), self.times)

@@ -104,5 +104,6 @@ def run(cfg: RlptConfig, w: Workers[Any], prompts: Sequence[Prompt], run_dir: Pa
                 end_step(loop, StepEnd(step, version, batch is not None, metrics, seen, t0, samples.cursor,
                                        learner_version=learner_version,
                                        trained_samples=kept if batch is not None else (), in_flight=checkpoint_state))
+            w.sync.settle()  # the last hand-off's loads: the engines end on the final weights, or the run says why
     finally:
         producer.stop()

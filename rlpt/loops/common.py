@@ -62,6 +62,8 @@ class SyncService(Protocol):
 
     def hand_off(self, version: int) -> SyncReport: ...  # returns once sent; engines load it before their next call
 
+    def settle(self) -> None: ...  # waits for the engines' loads of the last hand-off (raises a failed one)
+
 
 class HealthService(Protocol):
     """The one source of the fault and fleet metrics (faults/*, fleet/*), read at the end of every step."""

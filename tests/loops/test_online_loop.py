@@ -75,6 +75,9 @@ class FakeSync:
 
     hand_off = sync  # in-process: the fake engines hold the version at once
 
+    def settle(self):
+        pass
+
 
 def prompts(n, same_every=0):
     return [Prompt(uid=f"p{i}" + ("same" if same_every and i % same_every == 0 else ""), text="q", answer="1",

@@ -65,3 +65,29 @@ def test_bucketed_transfer_is_bit_exact():
     assert set(got) == set(weights)
     for k in weights:
         assert torch.equal(got[k], weights[k]) and got[k].dtype == weights[k].dtype
+
+
+def test_a_failure_confirming_the_last_version_still_asks_for_every_part():
+    """A send first settles the version sent before without confirmation (a hand-off). If that fails with any
+    error, every part of every bucket is still asked for (a ZeRO-3 learner's other ranks are inside those
+    gathers), and the failure is raised naming the phase."""
+    weights = {"a": torch.randn(3, 4), "b": torch.randn(100)}
+    plan = plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in weights.items()], bucket_bytes=64)
+
+    class Transport:
+        def end(self, plan, version):
+            raise OSError("store connection reset")
+
+    group = object.__new__(WeightGroup)  # a rank 0 whose group formed; only its send is exercised here
+    group.spec, group.rank = spec(0, ("learner rank 0", "rollout-0")), 0
+    group.transport, group.unconfirmed, group.times = Transport(), (plan, 1), {}
+    asked = []
+
+    def parts(i):
+        for slot in plan.buckets[i].slots:
+            asked.append(slot.name)
+            yield {slot.name: weights[slot.name]}
+
+    with pytest.raises(SyncGroupError, match=r"starting v2 failed on learner rank 0 .*store connection reset"):
+        group.send(plan, 2, parts)
+    assert sorted(asked) == sorted(weights) and len(plan.buckets) == 2
