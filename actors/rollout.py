@@ -174,7 +174,6 @@ class RolloutWorker:
 
     def receive_weights(self, plan: SyncPlan, version: int) -> float:
         start = time.perf_counter()
-        self.unloaded = f"loading v{version} did not finish"
         try:
             self.engine.receive_weights(plan, version)
         except BaseException as e:

@@ -203,12 +203,12 @@ class EngineSync:
         start, retries = time.perf_counter(), 0
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
             workers, names = self.membership.members()
-            hand_off = not wait_for_members and attempt == 1  # a retry after a repair waits: rare, and simpler
-            send = self.learner.send_refs(version, confirm=not hand_off)
+            defer = not wait_for_members and attempt == 1  # a retry after a repair waits: rare, and simpler
+            send = self.learner.send_refs(version, confirm=not defer)
             recv = [w.receive_weights.remote(self.plan, version) for w in workers]
             labels = [f"learner rank {i}" for i in range(len(send))] + names
             try:
-                if hand_off:
+                if defer:
                     self._wait(f"weight sync v{version}", send, labels[:len(send)])
                     self.loading = (recv, names, version)
                 else:

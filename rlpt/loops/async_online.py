@@ -1,8 +1,8 @@
 """The asynchronous online loop (rollout.max_staleness = K >= 1): the rollout engines generate and the verifiers
 score the steps ahead (rlpt.loops.producer, a driver thread) while the learner trains, so a step costs about
 max(generation + the engines' weight load, training + the learner's side of the sync) instead of their sum: the
-sync is a hand-off (EngineSync.hand_off), the learner does not wait for the engines to load the new weights. Same algorithms, hooks, metrics and files as the
-synchronous loop (rlpt/loops/online.py, which K = 0 runs unchanged).
+sync is a hand-off (EngineSync.hand_off), the learner does not wait for the engines to load the new weights. Same
+algorithms, hooks, metrics and files as the synchronous loop (rlpt/loops/online.py, which K = 0 runs unchanged).
 
 The bound is strict and checked where samples are consumed: a group is trained on at learner version u only if
 u - v <= K for the oldest policy version v among its samples. In `wait` mode admission makes a violation
