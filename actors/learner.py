@@ -35,7 +35,7 @@ from rlpt.config import RlptConfig
 from rlpt.errors import RunFault
 from rlpt.models.lora import merged_state_dict
 from rlpt.schedule import load_process_rng, lr_multiplier, save_process_rng
-from rlpt.training import RankReport, step_metrics, train_rank
+from rlpt.training import RankReport, dropout_active, step_metrics, train_rank
 from rlpt.types import TrainBatch
 from rlpt.weights import SyncPlan, hf_param_name, plan_buckets
 
@@ -143,6 +143,7 @@ class LearnerRank:
             model = get_peft_model(model, LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
                                                      target_modules=list(lcfg.target_modules)))
             self.lora_scaling = lcfg.alpha / lcfg.r
+        self.dropout = dropout_active(model)  # the Trainee protocol's: may a training forward stand for an eval one
         params = [p for p in model.parameters() if p.requires_grad]
         lc = cfg.learner
         opt = torch.optim.AdamW(params, lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay)

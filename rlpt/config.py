@@ -466,8 +466,9 @@ class LearnerConfig(_Section):
     ppo_epochs: int = Field(1, ge=1, description="passes over a step's batch")
     grad_clip: float = Field(1.0, ge=0, description="0 = off")
     old_logprobs: Literal["rollout", "recompute"] = Field("rollout", description=(
-        "what the clipped ratio compares against: the engine's sampled-token logprobs (rollout) or a learner forward"
-        " before the update (recompute)"))
+        "what the clipped ratio compares against: the engine's sampled-token logprobs (rollout) or the learner's "
+        "before the update (recompute: a forward before the update; the first mini-batch's training forward "
+        "when the model has no dropout)"))
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description=(
         "torch.distributed backend of the learner ranks: auto = nccl on GPU, gloo on CPU"))
     off_policy: OffPolicyConfig = OffPolicyConfig()

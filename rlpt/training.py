@@ -24,6 +24,8 @@ from rlpt.config import RlptConfig
 
 
 class Trainee(Protocol):
+    dropout: bool  # its train-mode forward samples dropout, so it is not the eval-mode one (dropout_active)
+
     def logprobs(self, input_ids_B_T: Tensor, attention_mask_B_T: Tensor) -> Tensor: ...  # with grad
 
     def set_train(self, train: bool) -> None: ...
@@ -90,12 +92,40 @@ def micro_batches(rows: Share, micro: int) -> list[Share]:
             for i in range(0, rows.rows.num_rows, micro)]
 
 
+def dropout_active(model: torch.nn.Module) -> bool:
+    """Whether the model's train-mode forward differs from its eval-mode one: a dropout module with p > 0 (LoRA's
+    too), or a config entry named *dropout* / *pdrop* above 0 (HF attention applies `attention_dropout`
+    functionally, with no module). Errs towards True: a False lets train_rank take a training forward's logprobs
+    as the policy's own.
+
+    >>> dropout_active(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0)))
+    False
+    >>> dropout_active(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+    True
+    """
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+
+    def positive(entries: object) -> bool:
+        if not isinstance(entries, dict):
+            return False
+        return any(positive(v) if isinstance(v, dict) else (
+            isinstance(k, str) and ("dropout" in k or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0)
+            for k, v in entries.items())
+    config = getattr(model, "config", None)
+    return positive(config.to_dict()) if hasattr(config, "to_dict") else False
+
+
 @torch.no_grad()
-def recompute_old_logprobs(trainee: Trainee, plan: StepPlan, micro: int) -> list[list[Tensor]]:
-    """The current policy's logprobs of every micro-batch, before any update (learner.old_logprobs: recompute)."""
+def recompute_old_logprobs(trainee: Trainee, plan: StepPlan, micro: int) -> list[list[Tensor | None]]:
+    """The current policy's logprobs of every micro-batch, before any update (learner.old_logprobs: recompute;
+    the off-policy correction's proximal policy). Those of the first mini-batch trained are left None when the
+    trainee has no dropout: no update precedes its training forward, whose logprobs (detached) are these, so
+    train_rank takes them from there instead of running that forward twice (with one mini-batch, no forward here)."""
+    first = None if trainee.dropout or not plan.order else plan.order[0]
     trainee.set_train(False)
-    return [[trainee.logprobs(m.rows.input_ids_B_T, m.rows.attention_mask_B_T) for m in micro_batches(mb[0], micro)]
-            for mb in plan.mini_batches]
+    return [[None if k == first else trainee.logprobs(m.rows.input_ids_B_T, m.rows.attention_mask_B_T)
+             for m in micro_batches(mb[0], micro)] for k, mb in enumerate(plan.mini_batches)]
 
 
 def correction_of(algo: Algorithm, cfg: RlptConfig) -> Callable[[Tensor, Tensor, Tensor], Corrected] | None:
@@ -134,6 +164,8 @@ def train_rank(algo: Algorithm, cfg: RlptConfig, trainee: Trainee, plan: StepPla
             rows = share.rows
             logp = trainee.logprobs(rows.input_ids_B_T, rows.attention_mask_B_T)
             old = rows.rollout_logprobs_B_T if olds is None else olds[m][i]
+            if old is None and olds is not None:  # the first mini-batch (recompute_old_logprobs): no update yet
+                old = olds[m][i] = logp.detach()
             if correct is not None:
                 log_w = log_is_weights(old, rows.rollout_logprobs_B_T, rows.loss_mask_B_T)
                 c = correct(log_w, rows.advantages_B_T, rows.loss_mask_B_T)

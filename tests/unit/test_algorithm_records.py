@@ -40,6 +40,8 @@ class Trainee:
     """rlpt.training.Trainee over a torch optimizer: steps once per `micro_per_rank` micro-batches, as DeepSpeed's
     gradient accumulation does, with the configured LR schedule."""
 
+    dropout = False
+
     def __init__(self, cfg, micro_per_rank, horizon):
         self.model = TinyLM()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.learner.lr)

@@ -116,3 +116,62 @@ def test_the_trust_region_gives_no_gradient_to_tokens_already_moved_past_the_cli
     moved = int((first & (adv > 0)).sum())
     assert moved > 0 and step_metrics([report], plan)["off_policy/corrected_frac"] == pytest.approx(
         moved / int(mask.sum()))
+
+
+class CountingTrainee(Trainee):
+    """Counts forwards by mode; `dropout` as the learner reports it for its model."""
+
+    def __init__(self, cfg, micro_per_rank, horizon, dropout):
+        super().__init__(cfg, micro_per_rank, horizon)
+        self.dropout, self.forwards = dropout, {True: 0, False: 0}
+
+    def logprobs(self, ids, attn):
+        self.forwards[self.model.training] += 1
+        return super().logprobs(ids, attn)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (2, 3)])  # (mini_batches, ppo_epochs)
+def test_the_first_mini_batchs_proximal_logprobs_come_from_its_training_forward(shape):
+    """Without dropout nothing distinguishes the eval forward before any update from the first mini-batch's training
+    forward: train_rank takes the proximal logprobs from the latter, with the same losses and weights, bit for bit,
+    as recomputing them all (what a model with dropout still does), and one forward of that mini-batch fewer."""
+    mini, epochs = shape
+    cfg, algo, batch, layout = setup("rollout.max_staleness=1", f"learner.mini_batches={mini}",
+                                     f"learner.ppo_epochs={epochs}", "learner.micro_batch_size=2", "learner.lr=0.5")
+    runs = {}
+    for dropout in (False, True):
+        t = CountingTrainee(cfg, layout.micro_per_rank, algo.lr_horizon(cfg), dropout)
+        b = with_behaviour(batch, t, 0.3 * torch.ones_like(batch.loss_mask_B_T, dtype=torch.float32))
+        t.forwards = {True: 0, False: 0}
+        plan = algo.plan(b, layout, cfg, 0, 0)
+        runs[dropout] = t, step_metrics([train_rank(algo, cfg, t, plan.for_rank(0), layout.micro)], plan)
+    (fast, fast_m), (full, full_m) = runs[False], runs[True]
+    assert fast.losses == full.losses and fast_m == full_m
+    assert all(torch.equal(a, b) for a, b in zip(fast.model.parameters(), full.model.parameters()))
+    micro_per_mini = layout.micro_per_rank
+    assert full.forwards[False] == mini * micro_per_mini  # every mini-batch before any update
+    assert fast.forwards[False] == (mini - 1) * micro_per_mini  # all but the first trained
+    assert fast.forwards[True] == full.forwards[True] == mini * epochs * micro_per_mini
+    assert fast_m["off_policy/is_weight_mean"] != 1.0  # the behaviour policy differed: the correction was at work
+
+
+def test_dropout_active_on_real_families_and_lora():
+    from peft import LoraConfig, get_peft_model
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    from rlpt.training import dropout_active
+
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1)
+    llama = LlamaForCausalLM(LlamaConfig(**small))
+    assert not dropout_active(llama)  # Llama's defaults: attention_dropout 0.0, no dropout module
+    assert dropout_active(Qwen2ForCausalLM(Qwen2Config(**small, attention_dropout=0.1)))  # functional: config only
+    gpt2 = dict(vocab_size=64, n_embd=16, n_layer=1, n_head=2)
+    assert dropout_active(GPT2LMHeadModel(GPT2Config(**gpt2)))  # GPT-2's defaults: resid/embd/attn_pdrop 0.1
+    assert not dropout_active(GPT2LMHeadModel(GPT2Config(**gpt2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                                         summary_first_dropout=0.0)))
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    assert not dropout_active(get_peft_model(LlamaForCausalLM(LlamaConfig(**small)), lora))
+    lora_dropout = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+    assert dropout_active(get_peft_model(LlamaForCausalLM(LlamaConfig(**small)), lora_dropout))
