@@ -94,9 +94,9 @@ def micro_batches(rows: Share, micro: int) -> list[Share]:
 
 def dropout_active(model: torch.nn.Module) -> bool:
     """Whether the model's train-mode forward differs from its eval-mode one: a dropout module with p > 0 (LoRA's
-    too), or a config entry named *dropout* / *pdrop* above 0 (HF attention applies `attention_dropout`
-    functionally, with no module). Errs towards True: a False lets train_rank take a training forward's logprobs
-    as the policy's own.
+    too), or a config entry named *drop* or *jitter* above 0 (HF attention applies `attention_dropout`
+    functionally, with no module; GPT-2's `resid_pdrop`, a `layerdrop`, Mixtral's `router_jitter_noise`). Errs
+    towards True: a False lets train_rank take a training forward's logprobs as the policy's own.
 
     >>> dropout_active(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0)))
     False
@@ -110,7 +110,7 @@ def dropout_active(model: torch.nn.Module) -> bool:
         if not isinstance(entries, dict):
             return False
         return any(positive(v) if isinstance(v, dict) else (
-            isinstance(k, str) and ("dropout" in k or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0)
+            isinstance(k, str) and ("drop" in k or "jitter" in k) and isinstance(v, (int, float)) and v > 0)
             for k, v in entries.items())
     config = getattr(model, "config", None)
     return positive(config.to_dict()) if hasattr(config, "to_dict") else False

@@ -157,8 +157,8 @@ def test_the_first_mini_batchs_proximal_logprobs_come_from_its_training_forward(
 
 def test_dropout_active_on_real_families_and_lora():
     from peft import LoraConfig, get_peft_model
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig,
+                              MixtralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
     from rlpt.training import dropout_active
 
@@ -171,6 +171,9 @@ def test_dropout_active_on_real_families_and_lora():
     assert dropout_active(GPT2LMHeadModel(GPT2Config(**gpt2)))  # GPT-2's defaults: resid/embd/attn_pdrop 0.1
     assert not dropout_active(GPT2LMHeadModel(GPT2Config(**gpt2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                                          summary_first_dropout=0.0)))
+    moe = dict(small, num_local_experts=2, num_experts_per_tok=1)
+    assert not dropout_active(MixtralForCausalLM(MixtralConfig(**moe)))
+    assert dropout_active(MixtralForCausalLM(MixtralConfig(**moe, router_jitter_noise=0.1)))  # train-mode noise
     lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     assert not dropout_active(get_peft_model(LlamaForCausalLM(LlamaConfig(**small)), lora))
     lora_dropout = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
