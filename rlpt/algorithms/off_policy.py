@@ -12,7 +12,8 @@ Papers
 
 Notation (one response token t of row i; logprobs of the sampled token)
   b_t     behaviour: the engine's logprob, from the policy version that sampled the token (v_t)
-  p_t     proximal: the learner's logprob at the start of the step (recomputed; no gradient)
+  p_t     proximal: the learner's logprob at the start of the step (no gradient; a forward before any update, or
+          the first mini-batch's own training forward: rlpt.training.recompute_old_logprobs)
   l_t     current: the learner's logprob under the weights being optimised (gradient)
   staleness     s_t = u - v_t, u the learner's version; a sample is trained on only if max_t s_t <= K (strict)
   IS weight     w_t = exp(p_t - b_t) = pi_prox / pi_behaviour
