@@ -24,6 +24,7 @@ import datetime
 import fcntl
 import json
 import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -193,9 +194,20 @@ def rlpt_version() -> str:
     return f"{head.stdout.strip() or '?'}" + (f" + uncommitted changes in {n} tracked file(s)" if n else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): the ratios move between CPUs of one machine kind (TRL's heavy step was
+    14.8 s on one, 22.5 s on another), so a table says which it was measured on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
 def section(heading: str, tab: str, command: str, version: str) -> str:
     today = datetime.date.today().isoformat()
-    return (f"{heading}\n\nCommand: `{command}` ({today}, this machine kind: 2 CPU cores, shared; rlpt at "
+    return (f"{heading}\n\nCommand: `{command}` ({today}, this machine kind: {os.cpu_count()} CPU cores "
+            f"({cpu_model()}), shared; rlpt at "
             f"{version}, TRL 1.16.0).\n"
             f"Workloads and definitions: benchmarks/vs_trl/ (workloads.py, compare.py); README, \"Benchmark against "
             f"TRL\". rlpt / TRL > 1 means rlpt takes longer (for tok/s: generates faster).\n\n{tab}\n\n")
