@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from actors.startup import freeze_imported_heap
 from rlpt.config import JudgeTerm
 from rlpt.isolation import Verdict, VerifyItem
 from rlpt.judging import JUDGE_TEXT_CHARS, parse_regex, render, single_token_ids, unparsable, yes_no_value
@@ -61,6 +62,7 @@ class JudgeWorker:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the default pins the engine to core 0
         from vllm import LLM
 
+        freeze_imported_heap()  # before LLM(...): its own five gc.collect() calls then skip the imports' heap
         # On a GPU the judge may share a device (num_gpus < 1): take at most its reserved share of the memory.
         gpu_share = min(0.9, term.num_gpus) if term.num_gpus > 0 else 0.9
         return LLM(model=term.path, tokenizer=term.path, dtype=dtype, seed=seed, enforce_eager=True,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from actors.calls import first_line
 from actors.hf_engine import HfEngine
-from actors.startup import no_gc_while_starting
+from actors.startup import freeze_imported_heap, no_gc_while_starting
 from actors.weight_sync import GroupSpec
 from rlpt.config import RlptConfig
 from rlpt.errors import RunFault
@@ -65,6 +65,8 @@ class VllmEngine:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         import torch._dynamo
         from vllm import LLM
+
+        freeze_imported_heap()  # before LLM(...): its own five gc.collect() calls then skip the imports' heap
 
         # The model runs eagerly (enforce_eager below); vLLM's sampler still wraps a helper in torch.compile (the
         # rank of each sampled token's logprob, an exact integer count), which costs the first generate ~2 s of

@@ -26,3 +26,13 @@ def no_gc_while_starting() -> Iterator[None]:
             gc.collect()
             gc.freeze()
             gc.enable()
+
+
+def freeze_imported_heap() -> None:
+    """Call after importing vLLM, before building its engine: every object alive now (mostly what the imports
+    left) moves to the permanent generation, without a collection first. vLLM's `LLM(...)` calls `gc.collect()`
+    itself five times while it builds (after loading the weights, and when it freezes its own heap); over the ~1M
+    objects its imports leave, those took 1.2-2 s of a 2.6-3.0 s build, and 1.0-1.1 s with the heap frozen first
+    (one process, tiny model, this machine kind). Not collecting first keeps the imports' cyclic garbage for the
+    process's life: ~360k small objects, RSS within 12 MB of collecting it, where the collection would cost ~0.5 s."""
+    gc.freeze()
