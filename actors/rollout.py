@@ -66,7 +66,8 @@ class VllmEngine:
         import torch._dynamo
         from vllm import LLM
 
-        freeze_imported_heap()  # before LLM(...): its own five gc.collect() calls then skip the imports' heap
+        if in_process:  # TP > 1: vLLM builds in spawned workers that never see this process's heap
+            freeze_imported_heap()  # before LLM(...): its own five gc.collect() calls then skip the imports' heap
 
         # The model runs eagerly (enforce_eager below); vLLM's sampler still wraps a helper in torch.compile (the
         # rank of each sampled token's logprob, an exact integer count), which costs the first generate ~2 s of

@@ -25,6 +25,7 @@ import fcntl
 import json
 import math
 import os
+import platform
 import shlex
 import statistics
 import subprocess
@@ -195,18 +196,31 @@ def rlpt_version() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo): the ratios move between CPUs of one machine kind (TRL's heavy step was
-    14.8 s on one, 22.5 s on another), so a table says which it was measured on."""
+    """The CPU, as /proc/cpuinfo names it (model name, family/model/stepping, AVX-512 or not): the ratios move
+    between CPUs of one machine kind (TRL's heavy step was 14.8 s on one, 22.5 s on another), and a virtual
+    machine's model name alone ("AMD EPYC") may not tell two apart."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    break  # the end of the first processor's block
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return "unknown"
+        pass
+    name = fields.get("model name") or platform.machine() or "unknown CPU"
+    if "cpu family" in fields:
+        name += (f", family {fields['cpu family']} model {fields.get('model', '?')} "
+                 f"stepping {fields.get('stepping', '?')}")
+    if "flags" in fields:
+        name += ", AVX-512" if "avx512f" in fields["flags"].split() else ", no AVX-512"
+    return name
 
 
 def section(heading: str, tab: str, command: str, version: str) -> str:
     today = datetime.date.today().isoformat()
-    return (f"{heading}\n\nCommand: `{command}` ({today}, this machine kind: {os.cpu_count()} CPU cores "
+    return (f"{heading}\n\nCommand: `{command}` ({today}, this machine kind: {len(os.sched_getaffinity(0))} CPU cores "
             f"({cpu_model()}), shared; rlpt at "
             f"{version}, TRL 1.16.0).\n"
             f"Workloads and definitions: benchmarks/vs_trl/ (workloads.py, compare.py); README, \"Benchmark against "

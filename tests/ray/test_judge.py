@@ -9,6 +9,7 @@ with another term (`variant`), sharing its engine and tokenizer.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from typing import Any
 
@@ -44,6 +45,7 @@ def judge(tiny_path):
     # yes "y" / no "n": the tiny BPE has "y", "Y", "n", "N" as tokens (but not "yes" or "no").
     term = JudgeTerm(name="judge", path=tiny_path, template=TEMPLATE, parser="yes_no", yes="y", no="n",
                      max_new_tokens=MAX_NEW_TOKENS, max_model_len=MAX_MODEL_LEN, batch_size=4, error_reward=-1.0)
+    gc.collect()  # the engine freezes this process's heap: earlier tests' garbage is freed first, not kept
     return JudgeWorker("judge-0", term)
 
 

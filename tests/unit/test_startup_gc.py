@@ -1,5 +1,6 @@
 """actors.startup.no_gc_while_starting: automatic collection is off inside, and after the block start-up's cycles
-are freed, the survivors frozen and the collector's previous state restored (a nested block changes nothing)."""
+are freed, the survivors frozen and the collector's previous state restored (a nested block changes nothing).
+freeze_imported_heap: what is alive at the call is out of later collections' sight."""
 
 import gc
 import weakref
@@ -47,6 +48,7 @@ def test_freeze_imported_heap_hides_what_is_alive_from_later_collections():
     """What exists at the call (garbage cycles included, by design) is out of every later gc.collect()'s sight;
     what is made after it is collected as usual."""
     before = gc.get_freeze_count()
+    gc.disable()  # no automatic collection (another thread's allocations) may free the old cycle before the freeze
     a, b = Node(), Node()
     a.other, b.other = b, a
     old_cycle = weakref.ref(a)
@@ -63,5 +65,6 @@ def test_freeze_imported_heap_hides_what_is_alive_from_later_collections():
         assert old_cycle() is not None  # alive at the freeze: kept, not scanned
     finally:
         gc.unfreeze()
+        gc.enable()
     gc.collect()
     assert old_cycle() is None  # unfrozen, it is ordinary garbage again
